@@ -1,0 +1,1 @@
+"""jaxrob.attacks (being written)."""

@@ -1,0 +1,1 @@
+"""jaxrob.data (being written)."""

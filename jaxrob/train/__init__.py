@@ -1,0 +1,1 @@
+"""jaxrob.train (being written)."""
