@@ -1,0 +1,24 @@
+"""Experiments: one module per reproduced result.
+
+Each module defines ``NAME``, ``DESCRIPTION``, a frozen ``Config`` dataclass, a
+``PRESETS`` dict (``small`` for CPU minutes, ``paper`` for the full setting) and
+``run(config, run_dir) -> dict``.  ``jaxrob run NAME`` finds them through
+:data:`REGISTRY`; they ship inside the wheel, so they work after ``pip install .``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+# name -> module path. Add a line here for every new experiment.
+REGISTRY: dict[str, str] = {
+    "quickstart": "experiments.quickstart",
+}
+
+
+def get(name: str) -> ModuleType:
+    """Imports the experiment module called ``name``."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown experiment {name!r}; known experiments: {', '.join(sorted(REGISTRY))}")
+    return importlib.import_module(REGISTRY[name])
