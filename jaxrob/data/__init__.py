@@ -18,6 +18,8 @@ Data sets (:func:`available`):
 * ``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100``, ``svhn_cropped``
   from TensorFlow Datasets, read without TensorFlow from data prepared in the
   ArrayRecord format under ``data_dir``; jaxrob never downloads them.
+  Examples are decoded when a batch asks for them; :func:`to_memory` decodes
+  a split once and keeps it in RAM, which pays off after one epoch.
 """
 
 from __future__ import annotations
@@ -28,12 +30,12 @@ import numpy as np
 
 from jaxrob import _validate
 from jaxrob.data import _mnist10k, _tfds
-from jaxrob.data._batching import as_arrays, batches, epoch_order, steps_per_epoch, to_float
+from jaxrob.data._batching import as_arrays, batches, epoch_order, steps_per_epoch, to_float, to_memory
 from jaxrob.data._dataset import Dataset, DatasetNotFoundError, read_only
 
 __all__ = [
     "Dataset", "DatasetNotFoundError", "DatasetSpec", "as_arrays", "available", "batches", "epoch_order",
-    "from_arrays", "load", "spec", "steps_per_epoch", "to_float",
+    "from_arrays", "load", "spec", "steps_per_epoch", "to_float", "to_memory",
 ]
 
 DEFAULT = _mnist10k.NAME

@@ -50,6 +50,15 @@ def test_reads_prepared_array_record_exactly(tmp_path, tfds_writer, make_split, 
     np.testing.assert_array_equal(x_all * 255, train[0].astype(np.float32))
     np.testing.assert_array_equal(y_all, train[1])
 
+    # An in-memory copy holds the same examples and yields the same batches.
+    mem = data.to_memory(ds)
+    assert mem.in_memory and data.to_memory(mem) is mem
+    np.testing.assert_array_equal(mem.images, train[0])
+    kw = dict(batch_size=4, seed=11, epochs=2)
+    for (xa, ya), (xb, yb) in zip(data.batches(ds, **kw), data.batches(mem, **kw), strict=True):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+
 
 def test_tfds_slices_are_passed_through(tmp_path, tfds_writer, make_split):
     train = make_split((28, 28, 1), 20, 10, seed=0)
