@@ -120,6 +120,15 @@ def load(name: str = DEFAULT, *, split: str = "train", data_dir: str | None = No
         in ``data_dir``; the message says how to prepare it.
       RuntimeError: the embedded file is corrupted (sha256 mismatch).
 
+    References:
+      MNIST: LeCun, Bottou, Bengio and Haffner, "Gradient-based learning applied
+      to document recognition", Proc. IEEE 1998.  Fashion-MNIST: Xiao, Rasul and
+      Vollgraf, "Fashion-MNIST: a novel image dataset for benchmarking machine
+      learning algorithms", arXiv:1708.07747.  CIFAR-10/100: Krizhevsky,
+      "Learning multiple layers of features from tiny images", tech. report,
+      U. Toronto 2009.  SVHN: Netzer et al., "Reading digits in natural images
+      with unsupervised feature learning", NIPS Workshop on Deep Learning 2011.
+
     Example:
       >>> from jaxrob import data
       >>> test = data.load("mnist10k", split="test")

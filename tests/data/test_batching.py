@@ -188,3 +188,26 @@ def test_from_arrays_and_dataset_get_checks():
         data.from_arrays(np.zeros((2, 3, 3, 1), np.uint8), np.array([0, 2]), num_classes=2)
     with pytest.raises(ValueError, match=r"labels must have shape \(2,\)"):
         data.from_arrays(np.zeros((2, 3, 3, 1), np.uint8), np.zeros(3, int))
+
+
+def test_any_random_access_source_works():
+    """A plain list of records (no batched `__getitems__`) is a valid source."""
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (9, 3, 3, 2), dtype=np.uint8)
+    records = [{"image": im, "label": np.int64(i % 4)} for i, im in enumerate(images)]
+    ds = data.Dataset(name="list", split="train", num_classes=4, input_shape=(3, 3, 2), source=records)
+    assert len(ds) == 9 and not ds.in_memory
+    x, y = ds.get([8, 1])
+    np.testing.assert_array_equal(x, images[[8, 1]])
+    assert y.dtype == np.int32 and y.tolist() == [0, 1]
+    ref = data.from_arrays(images, np.arange(9) % 4)
+    for (xa, ya), (xb, yb) in zip(data.batches(ds, batch_size=2, seed=3, drop_remainder=False),
+                                  data.batches(ref, batch_size=2, seed=3, drop_remainder=False), strict=True):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+    bad = data.Dataset(name="bad", split="train", num_classes=4, input_shape=(3, 3, 1), source=records)
+    with pytest.raises(ValueError, match=r"expected uint8 \(3, 3, 1\)"):
+        bad.get([0])
+    with pytest.raises(ValueError, match="not both"):
+        data.Dataset(name="x", split="train", num_classes=4, input_shape=(3, 3, 2), source=records,
+                     images=images, labels=np.zeros(9, np.int32))
