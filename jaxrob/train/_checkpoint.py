@@ -109,6 +109,7 @@ class Checkpoints:
 
     Example:
       >>> import jax, jax.numpy as jnp, tempfile
+      >>> from jaxrob.train import Checkpoints, TrainState, make_optimizer
       >>> opt = make_optimizer("sgd", learning_rate=0.1)
       >>> state = TrainState.create({"w": jnp.ones(3)}, opt, key=jax.random.key(0))
       >>> with Checkpoints(tempfile.mkdtemp(), fingerprint={"lr": 0.1}) as ckpt:
@@ -231,7 +232,9 @@ class Checkpoints:
                                   "was left untouched: delete it, or restore an earlier step") from e
         wanted = {k: (tuple(np.shape(v)), np.dtype(v.dtype).name) for k, v in expected.items()}
         if stored != wanted:
-            lines = _diff(stored, wanted)
+            rank = {"params": 0, "batch_stats": 1, "step": 2, "rng": 3, "opt_state": 4}
+            lines = sorted(_diff(stored, wanted), key=lambda line: (rank.get(line.split("/")[0].split(":")[0], 5),
+                                                                    line))
             more = f"\n  ... and {len(lines) - 10} more" if len(lines) > 10 else ""
             raise CheckpointError(f"the {where} does not match the model/optimizer being restored "
                                   "(array name: (shape, dtype)):\n  " + "\n  ".join(lines[:10]) + more)

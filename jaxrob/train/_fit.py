@@ -11,6 +11,7 @@ uninterrupted run.
 
 from __future__ import annotations
 
+import collections
 import os
 from typing import Any, Callable, Mapping
 
@@ -44,6 +45,42 @@ def _optimizer(optimizer: Any, total_steps: int) -> tuple[optax.GradientTransfor
             raise TypeError(f"optimizer config {cfg} does not match make_optimizer's arguments: {e}") from e
     raise TypeError("optimizer must be a mapping of make_optimizer arguments (e.g. {'name': 'sgd', "
                     f"'learning_rate': 0.1}}) or an optax.GradientTransformation, got {type(optimizer).__name__}")
+
+
+_STEP_CACHE: "collections.OrderedDict[Any, Any]" = collections.OrderedDict()
+_STEP_CACHE_SIZE = 8
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_hashable(v) for v in value)
+    hash(value)
+    return value
+
+
+def _cached_step(fns, tx, opt_config, loss, mesh):
+    """The jitted step for this (model functions, loss, optimizer config, mesh), built once per process.
+
+    Repeated ``fit`` calls with the same model and settings (a resumed run, a
+    sweep over seeds) then reuse one compilation. Optimizers passed as optax
+    objects are keyed by identity, losses by their function object.
+    """
+    try:
+        opt_key = _hashable(opt_config) if isinstance(opt_config, Mapping) else ("tx", id(tx))
+        key = (fns.apply_fn, fns.train_apply, loss.fn, loss.name, loss.hparams, opt_key, mesh)
+        hash(key)
+    except TypeError:  # unhashable config values: no caching
+        return make_train_step(fns.apply_fn, fns.train_apply, tx, loss, mesh=mesh)
+    if key in _STEP_CACHE:
+        _STEP_CACHE.move_to_end(key)
+        return _STEP_CACHE[key][1]
+    step = make_train_step(fns.apply_fn, fns.train_apply, tx, loss, mesh=mesh)
+    _STEP_CACHE[key] = (tx, step)  # keep tx alive so that an id() key is never reused while cached
+    while len(_STEP_CACHE) > _STEP_CACHE_SIZE:
+        _STEP_CACHE.popitem(last=False)
+    return step
 
 
 def _summarise(sums: Mapping[str, float], count: int) -> dict[str, float]:
@@ -199,7 +236,7 @@ def fit(model: Any, train_data: _data.Dataset, *, optimizer: Mapping[str, Any] |
         if start > total_steps:
             raise CheckpointError(f"the checkpoint is at step {start}, past the {total_steps} steps of this run")
 
-        step_fn = make_train_step(fns.apply_fn, fns.train_apply, tx, loss, mesh=mesh)
+        step_fn = _cached_step(fns, tx, opt_config, loss, mesh)
         rep = NamedSharding(mesh, P()) if mesh is not None else None
         pid, nproc = jax.process_index(), jax.process_count()
         local = batch_size // nproc

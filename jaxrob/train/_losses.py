@@ -114,6 +114,7 @@ def cross_entropy(*, label_smoothing: float = 0.0) -> Loss:
       A :class:`Loss`.
 
     Example:
+      >>> from jaxrob.train import cross_entropy
       >>> loss = cross_entropy()
       >>> loss.config
       {'name': 'cross_entropy', 'label_smoothing': 0.0}
@@ -171,6 +172,7 @@ def pgd_at(eps: float, *, steps: int = 10, step_size: float | None = None, norm:
       Resistant to Adversarial Attacks", ICLR 2018, arXiv 1706.06083.
 
     Example:
+      >>> from jaxrob.train import pgd_at
       >>> loss = pgd_at(8 / 255, steps=7, step_size=2 / 255)
       >>> loss.name
       'pgd_at'
@@ -228,6 +230,7 @@ def trades(eps: float, *, steps: int = 10, step_size: float | None = None, beta:
       Trade-off between Robustness and Accuracy", ICML 2019, arXiv 1901.08573.
 
     Example:
+      >>> from jaxrob.train import trades
       >>> loss = trades(0.031, steps=10, step_size=0.007, beta=6.0)
       >>> loss.config["beta"]
       6.0

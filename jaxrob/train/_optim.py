@@ -7,7 +7,6 @@ docstring, and tested against that statement.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Sequence
 
 import jax
@@ -69,9 +68,10 @@ def make_schedule(learning_rate: float, *, schedule: str = "constant", total_ste
       A function of the (integer) step count returning a float32 scalar.
 
     Example:
+      >>> from jaxrob.train import make_schedule
       >>> sched = make_schedule(0.1, schedule="piecewise", total_steps=100)
-      >>> float(sched(49)), float(sched(50)), round(float(sched(75)), 6)
-      (0.1, 0.01, 0.001)
+      >>> [round(float(sched(s)), 6) for s in (49, 50, 75)]
+      [0.1, 0.01, 0.001]
     """
     lr = _validate.number("learning_rate", learning_rate, min=0.0, min_inclusive=False)
     _validate.choice("schedule", schedule, SCHEDULES)
@@ -156,10 +156,11 @@ def make_optimizer(name: str = "sgd", *, learning_rate: float, momentum: float =
 
     Example:
       >>> import jax.numpy as jnp
+      >>> from jaxrob.train import make_optimizer
       >>> opt = make_optimizer("sgd", learning_rate=0.1, momentum=0.0)
       >>> params = {"w": jnp.ones((2, 2))}
       >>> updates, _ = opt.update({"w": jnp.ones((2, 2))}, opt.init(params), params)
-      >>> float(updates["w"][0, 0])
+      >>> round(float(updates["w"][0, 0]), 6)
       -0.1
     """
     _validate.choice("name", name, OPTIMIZERS)

@@ -47,19 +47,22 @@ class TrainState(NamedTuple):
           batch_stats: initial batch-norm statistics; ``None`` means ``{}``.
 
         Returns:
-          A :class:`TrainState` with ``step == 0`` holding copies of ``params``
-          and ``batch_stats`` (a donating train step never invalidates the
-          caller's arrays).
+          A :class:`TrainState` with ``step == 0`` holding copies of ``params``,
+          ``batch_stats`` and ``key`` (a donating train step never invalidates
+          the caller's arrays).
         """
         key = _validate.prng_key("key", key)
         if not isinstance(optimizer, optax.GradientTransformation):
             raise TypeError(f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}")
-        # Copies, so that donating the state to a train step never deletes the caller's arrays.
-        params = jax.tree.map(lambda a: jnp.array(a, copy=True), params)
-        return cls(step=jnp.zeros((), jnp.int32), params=params,
-                   batch_stats={} if batch_stats is None else jax.tree.map(lambda a: jnp.array(a, copy=True),
-                                                                           batch_stats),
-                   opt_state=optimizer.init(params), rng=key)
+        batch_stats = {} if batch_stats is None else batch_stats
+
+        # One compiled call: fresh buffers (so that donating the state to a train step never deletes
+        # the caller's arrays) and the optimizer state (eager init would compile once per leaf shape).
+        def init(params, batch_stats, key):
+            return cls(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                       opt_state=optimizer.init(params), rng=key)
+
+        return jax.jit(init)(params, batch_stats, key)
 
     def variables(self) -> PyTree:
         """``{"params": ..., "batch_stats": ...}``, the argument of a jaxrob model's ``apply_fn``."""

@@ -44,6 +44,7 @@ def make_mesh(devices: list | None = None) -> Mesh:
       A :class:`jax.sharding.Mesh` of shape ``(len(devices),)``.
 
     Example:
+      >>> from jaxrob.train import make_mesh
       >>> mesh = make_mesh()
       >>> mesh.axis_names
       ('data',)
@@ -85,6 +86,7 @@ def shard_batch(batch: PyTree, mesh: Mesh) -> PyTree:
 
     Example:
       >>> import numpy as np
+      >>> from jaxrob.train import make_mesh, shard_batch
       >>> x = shard_batch(np.zeros((8, 3), np.float32), make_mesh())
       >>> x.shape
       (8, 3)
@@ -138,6 +140,7 @@ def make_train_step(apply_fn: ApplyFn, train_apply: TrainApplyFn | None, optimiz
 
     Example:
       >>> import jax, jax.numpy as jnp
+      >>> from jaxrob.train import TrainState, cross_entropy, make_optimizer, make_train_step
       >>> apply_fn = lambda p, x: x.reshape(len(x), -1) @ p["w"]
       >>> opt = make_optimizer("sgd", learning_rate=0.1)
       >>> state = TrainState.create({"w": jnp.zeros((4, 3))}, opt, key=jax.random.key(0))
@@ -196,6 +199,7 @@ def evaluate(apply_fn: ApplyFn, variables: PyTree, x: jax.typing.ArrayLike, y: j
 
     Example:
       >>> import jax.numpy as jnp
+      >>> from jaxrob.train import evaluate
       >>> evaluate(lambda p, x: x @ p, jnp.eye(2), jnp.eye(2), jnp.array([0, 0]))
       0.5
     """

@@ -38,9 +38,10 @@ def linear_apply(params, x):
     return x.reshape(x.shape[0], -1) @ params["w"] + params["b"]
 
 
-def linear_params(d_in: int = 784, k: int = 10, seed: int = 0):
-    w = 0.01 * jax.random.normal(jax.random.key(seed), (d_in, k))
-    return {"w": w, "b": jnp.zeros((k,))}
+def linear_params(d_in: int = 784, k: int = 10, seed: int = 0, scale: float = 0.01):
+    """numpy arrays (eager JAX ops would each compile a tiny program on CPU)."""
+    w = scale * np.random.default_rng(seed).standard_normal((d_in, k)).astype(np.float32)
+    return {"w": w, "b": np.zeros((k,), np.float32)}
 
 
 @pytest.fixture(scope="session")
@@ -57,9 +58,9 @@ def small_ds():
 
 
 @pytest.fixture(scope="session")
-def make_bn_model():
-    """Factory ``seed -> Model`` for :class:`TinyBN`."""
-    return tiny_bn_model
+def bn_model():
+    """One :class:`TinyBN` model for the session (tests never modify its arrays)."""
+    return tiny_bn_model(0)
 
 
 @pytest.fixture(scope="session")
