@@ -27,7 +27,7 @@ mobilenet_v2       32x32x3      2,236,682    Sandler et al. 2018, CIFAR strides
 
 from jaxrob.models._base import Model, count_params, from_nnx
 from jaxrob.models._layers import Classifier
-from jaxrob.models._registry import MODELS, available, create, create_module
+from jaxrob.models._registry import MODELS, available, create, create_abstract, create_module
 
-__all__ = ["Classifier", "MODELS", "Model", "available", "count_params", "create", "create_module",
-           "from_nnx"]
+__all__ = ["Classifier", "MODELS", "Model", "available", "count_params", "create", "create_abstract",
+           "create_module", "from_nnx"]

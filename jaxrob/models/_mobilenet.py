@@ -22,7 +22,7 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 class _InvertedResidual(nnx.Module):
     """Expand (1x1, ReLU6) -> depthwise 3x3 (ReLU6) -> linear project (1x1), residual if shapes match."""
 
-    def __init__(self, cin: int, cout: int, stride: int, expansion: int, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, cin: int, cout: int, stride: int, expansion: int, *, dtype, rngs: L.Rngs):
         hidden = cin * expansion
         if expansion != 1:
             self.expand = L.conv(cin, hidden, 1, dtype=dtype, rngs=rngs)
@@ -68,7 +68,7 @@ class MobileNetV2(L.Classifier):
     """
 
     def __init__(self, *, input_shape, num_classes, mean, std, dtype=None, width_mult: float = 1.0,
-                 dropout: float = 0.0, rngs: nnx.Rngs):
+                 dropout: float = 0.0, rngs: L.Rngs):
         super().__init__(input_shape=input_shape, num_classes=num_classes, mean=mean, std=std, dtype=dtype)
         cin = make_divisible(32 * width_mult)
         last = make_divisible(1280 * max(1.0, width_mult))

@@ -197,7 +197,7 @@ def create_module(name: str, *, num_classes: int = 10, input_shape: Sequence[int
         raise TypeError(f"model {name!r} got unexpected keyword argument(s) {', '.join(unknown)}; "
                         f"its options are: {accepted} (plus num_classes, input_shape, key, mean, std, dtype)")
     common = dict(input_shape=input_shape, num_classes=num_classes, mean=mean, std=std,
-                  dtype=_compute_dtype(dtype), rngs=nnx.Rngs(params=key))
+                  dtype=_compute_dtype(dtype), rngs=L.ParamKeys(key))
     return entry.build(common, **kwargs)
 
 
@@ -222,7 +222,8 @@ def create(name: str, *, num_classes: int = 10, input_shape: Sequence[int] | Non
         for three; other channel counts must pass ``mean`` and ``std``.
       std: per-channel standard deviation; defaults to 0.3081 (MNIST) and
         (0.2470, 0.2435, 0.2616) (CIFAR-10).
-      dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters and logits stay float32.
+      dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters stay float32 and logits
+        are float32 (float64 for ``dtype=jnp.float64`` under ``jax.enable_x64``).
       **kwargs: model options — ``mlp``: ``hidden_sizes=(256, 256)``;
         ``wide_resnet``: ``depth=28, width=10, dropout=0.0``; ``wrn28_10``,
         ``wrn34_10``: ``dropout=0.0``; ``mobilenet_v2``: ``width_mult=1.0, dropout=0.0``.
@@ -247,4 +248,35 @@ def create(name: str, *, num_classes: int = 10, input_shape: Sequence[int] | Non
     """
     module = create_module(name, num_classes=num_classes, input_shape=input_shape, key=key, mean=mean,
                            std=std, dtype=dtype, **kwargs)
+    return from_nnx(module, name=name, input_shape=module.input_shape, num_classes=module.num_classes)
+
+
+def create_abstract(name: str, *, num_classes: int = 10, input_shape: Sequence[int] | None = None,
+                    key: jax.Array | None = None, mean: float | Sequence[float] | None = None,
+                    std: float | Sequence[float] | None = None, dtype: Any = None,
+                    **kwargs: Any) -> Model:
+    """Like :func:`create`, but ``variables`` holds ``jax.ShapeDtypeStruct`` leaves: nothing is allocated.
+
+    The model is built under ``nnx.eval_shape``, so this is cheap even for
+    WRN-34-10.  Use it to count parameters, to get the jaxpr of ``apply_fn``
+    (``jax.make_jaxpr(model.apply_fn)(model.variables, x)``) or shapes
+    (``jax.eval_shape(model.apply_fn, model.variables, x)``), or as the target of
+    a sharded ``jax.jit`` initialisation or a checkpoint restore.
+
+    Args:
+      name, num_classes, input_shape, mean, std, dtype, **kwargs: as for :func:`create`.
+      key: optional; only the structure matters, so it defaults to ``jax.random.key(0)``.
+
+    Returns:
+      A :class:`~jaxrob.models.Model` whose ``variables`` are abstract.
+
+    Example:
+      >>> from jaxrob import models
+      >>> models.create_abstract("wrn34_10").num_params()
+      46160474
+    """
+    key = jax.random.key(0) if key is None else key
+    module = nnx.eval_shape(lambda: create_module(
+        name, num_classes=num_classes, input_shape=input_shape, key=key, mean=mean, std=std,
+        dtype=dtype, **kwargs))
     return from_nnx(module, name=name, input_shape=module.input_shape, num_classes=module.num_classes)

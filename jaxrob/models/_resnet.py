@@ -30,7 +30,7 @@ class _BasicBlockA(nnx.Module):
     every ``stride``-th pixel and zero-pads the new channels (half on each side).
     """
 
-    def __init__(self, cin: int, cout: int, stride: int, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, cin: int, cout: int, stride: int, *, dtype, rngs: L.Rngs):
         self.conv1 = L.conv(cin, cout, 3, stride=stride, dtype=dtype, rngs=rngs)
         self.bn1 = L.batch_norm(cout, dtype=dtype, rngs=rngs)
         self.conv2 = L.conv(cout, cout, 3, dtype=dtype, rngs=rngs)
@@ -65,7 +65,7 @@ class CifarResNet(L.Classifier):
     """
 
     def __init__(self, *, input_shape, num_classes, mean, std, dtype=None, depth: int = 20,
-                 rngs: nnx.Rngs):
+                 rngs: L.Rngs):
         super().__init__(input_shape=input_shape, num_classes=num_classes, mean=mean, std=std, dtype=dtype)
         n = (depth - 2) // 6
         self.depth = depth
@@ -96,7 +96,7 @@ class _PreActBlock(nnx.Module):
     the identity on ``x``.
     """
 
-    def __init__(self, cin: int, cout: int, stride: int, *, dropout: float, dtype, rngs: nnx.Rngs):
+    def __init__(self, cin: int, cout: int, stride: int, *, dropout: float, dtype, rngs: L.Rngs):
         self.bn1 = L.batch_norm(cin, dtype=dtype, rngs=rngs)
         self.conv1 = L.conv(cin, cout, 3, stride=stride, dtype=dtype, rngs=rngs)
         self.bn2 = L.batch_norm(cout, dtype=dtype, rngs=rngs)
@@ -136,7 +136,7 @@ class PreActResNet(L.Classifier):
 
     def __init__(self, *, input_shape, num_classes, mean, std, dtype=None, stem_width: int,
                  widths: Sequence[int], blocks: Sequence[int], strides: Sequence[int],
-                 dropout: float = 0.0, rngs: nnx.Rngs):
+                 dropout: float = 0.0, rngs: L.Rngs):
         super().__init__(input_shape=input_shape, num_classes=num_classes, mean=mean, std=std, dtype=dtype)
         self.conv1 = L.conv(self.input_shape[-1], stem_width, 3, dtype=dtype, rngs=rngs)
         self.num_stages = len(widths)

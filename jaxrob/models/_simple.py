@@ -22,7 +22,7 @@ class MLP(L.Classifier):
     fixed_spatial_size = True
 
     def __init__(self, *, input_shape, num_classes, mean, std, dtype=None,
-                 hidden_sizes: Sequence[int] = (256, 256), rngs: nnx.Rngs):
+                 hidden_sizes: Sequence[int] = (256, 256), rngs: L.Rngs):
         super().__init__(input_shape=input_shape, num_classes=num_classes, mean=mean, std=std, dtype=dtype)
         h, w, c = self.input_shape
         sizes = (h * w * c, *hidden_sizes)
@@ -64,7 +64,7 @@ class SmallCNN(L.Classifier):
 
     fixed_spatial_size = True
 
-    def __init__(self, *, input_shape, num_classes, mean, std, dtype=None, rngs: nnx.Rngs):
+    def __init__(self, *, input_shape, num_classes, mean, std, dtype=None, rngs: L.Rngs):
         super().__init__(input_shape=input_shape, num_classes=num_classes, mean=mean, std=std, dtype=dtype)
         L.check_shape_at_least("cnn_small", self.input_shape, 4, "two 2x2 max pools")
         h, w, c = self.input_shape

@@ -17,7 +17,7 @@ VGG_CONFIGS = {
 class _ConvBN(nnx.Module):
     """3x3 conv (with bias, as in the reference VGG) -> BN -> ReLU."""
 
-    def __init__(self, cin: int, cout: int, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, cin: int, cout: int, *, dtype, rngs: L.Rngs):
         self.conv = L.conv(cin, cout, 3, bias=True, dtype=dtype, rngs=rngs)
         self.bn = L.batch_norm(cout, dtype=dtype, rngs=rngs)
 
@@ -46,7 +46,7 @@ class VGG(L.Classifier):
     fixed_spatial_size = True
 
     def __init__(self, *, input_shape, num_classes, mean, std, dtype=None, depth: int = 16,
-                 rngs: nnx.Rngs):
+                 rngs: L.Rngs):
         super().__init__(input_shape=input_shape, num_classes=num_classes, mean=mean, std=std, dtype=dtype)
         L.check_shape_at_least(f"vgg{depth}_bn", self.input_shape, 32, "five 2x2 max pools")
         self.config = VGG_CONFIGS[depth]
