@@ -72,9 +72,12 @@ def _unflatten(target: TrainState, flat: Mapping[str, Any]) -> TrainState:
 
 
 def _abstract(leaf: Any) -> jax.ShapeDtypeStruct:
-    sharding = leaf.sharding if isinstance(leaf, jax.Array) else jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    return jax.ShapeDtypeStruct(np.shape(leaf), np.asarray(leaf).dtype if not hasattr(leaf, "dtype") else leaf.dtype,
-                                sharding=sharding)
+    """Shape, dtype and sharding to restore ``leaf`` into (host arrays go to the first local device)."""
+    if isinstance(leaf, jax.Array):
+        return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
+    leaf = np.asarray(leaf)
+    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
+                                sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
 
 
 def _diff(stored: Mapping[str, Any], expected: Mapping[str, Any], prefix: str = "") -> list[str]:

@@ -6,7 +6,12 @@ step ``s`` -- the parameters and optimizer state after step ``s - 1``, batch
 ``s`` of the seeded data stream and the key ``fold_in(state.rng, s)`` -- is
 either in the :class:`TrainState` or a pure function of ``s``, so a run resumed
 from the checkpoint of step ``s`` ends with exactly the parameters of an
-uninterrupted run.
+uninterrupted run -- provided the step itself is deterministic.  It is on CPU
+(tested bit for bit).  On GPUs XLA uses non-deterministic reductions by default,
+and PGD's sign step amplifies their last-bit differences, so even two
+uninterrupted runs differ; set ``XLA_FLAGS=--xla_gpu_deterministic_ops=true``
+to make runs, and resumes, bitwise reproducible (checked on an H100 with a
+ResNet-20 under PGD-AT).
 """
 
 from __future__ import annotations
@@ -117,7 +122,9 @@ def fit(model: Any, train_data: _data.Dataset, *, optimizer: Mapping[str, Any] |
     optimizer, epochs, batch size, seed, key, data set, model name and
     ``config``). ``resume=True`` continues from the newest checkpoint, which must
     have the same fingerprint; ``resume=False`` refuses a directory that already
-    holds checkpoints, so nothing is ever overwritten.
+    holds checkpoints, so nothing is ever overwritten. A resumed run ends with
+    the parameters of an uninterrupted one, bit for bit where the step is
+    deterministic (CPU; on GPU with ``XLA_FLAGS=--xla_gpu_deterministic_ops=true``).
 
     Data parallelism: with ``mesh`` (see :func:`make_mesh`) each batch is sharded
     over the ``"data"`` axis and the state replicated; ``batch_size`` must be

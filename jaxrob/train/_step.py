@@ -135,8 +135,10 @@ def make_train_step(apply_fn: ApplyFn, train_apply: TrainApplyFn | None, optimiz
       donate: donate the input state's buffers to the output.
 
     Returns:
-      The jitted ``step(state, x, y, key)``; ``x`` is ``(B, ...)``, ``y`` int
-      ``(B,)``, ``key`` a typed PRNG key.
+      ``step(state, x, y, key)``: the jitted step behind cheap eager checks of
+      the argument shapes and dtypes (``step.jitted`` is the bare jitted
+      function); ``x`` is ``(B, ...)``, ``y`` int ``(B,)``, ``key`` a typed PRNG
+      key.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -172,11 +174,38 @@ def make_train_step(apply_fn: ApplyFn, train_apply: TrainApplyFn | None, optimiz
 
     donate_argnums = (0,) if donate else ()
     if mesh is None:
-        return jax.jit(step, donate_argnums=donate_argnums)
-    _check_mesh(mesh)
-    rep, data = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA_AXIS))
-    return jax.jit(step, in_shardings=(rep, data, data, rep), out_shardings=(rep, rep),
-                   donate_argnums=donate_argnums)
+        jitted = jax.jit(step, donate_argnums=donate_argnums)
+    else:
+        _check_mesh(mesh)
+        rep, data = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA_AXIS))
+        jitted = jax.jit(step, in_shardings=(rep, data, data, rep), out_shardings=(rep, rep),
+                         donate_argnums=donate_argnums)
+
+    def checked_step(state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array) -> tuple[TrainState, Metrics]:
+        _check_step_args(state, x, y, key)
+        return jitted(state, x, y, key)
+
+    checked_step.jitted = jitted  # the raw jitted function, e.g. for ``.lower(...)``
+    checked_step.lower = jitted.lower
+    return checked_step
+
+
+def _check_step_args(state: Any, x: Any, y: Any, key: Any) -> None:
+    """Cheap eager checks (shapes and dtypes only: no device-to-host transfer)."""
+    if not isinstance(state, TrainState):
+        raise TypeError(f"state must be a TrainState (TrainState.create), got {type(state).__name__}")
+    x_shape, y_shape = np.shape(x), np.shape(y)
+    if len(x_shape) < 1:
+        raise ValueError(f"x must have a leading batch axis, got shape {x_shape}")
+    y_dtype = y.dtype if hasattr(y, "dtype") else np.asarray(y).dtype
+    if not np.issubdtype(y_dtype, np.integer):
+        raise TypeError(f"y must hold integer class indices, got dtype {y_dtype}")
+    if y_shape != x_shape[:1]:
+        raise ValueError(f"y must have shape ({x_shape[0]},) to match the batch of x {x_shape}, got {y_shape}")
+    if not (isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+            and key.shape == ()):
+        raise TypeError(f"key must be a single typed PRNG key (jax.random.key), got {type(key).__name__}"
+                        + (f" with dtype {key.dtype} and shape {key.shape}" if hasattr(key, "dtype") else ""))
 
 
 def evaluate(apply_fn: ApplyFn, variables: PyTree, x: jax.typing.ArrayLike, y: jax.typing.ArrayLike, *,

@@ -73,3 +73,10 @@ def make_mlp():
 def foreign():
     """``(apply_fn, params_factory)`` of a hand-written linear model (no batch stats)."""
     return linear_apply, linear_params
+
+
+@pytest.fixture(autouse=True)
+def _full_precision_matmuls():
+    """Compare against float32 references at float32 precision (GPUs default to TF32 matmuls)."""
+    with jax.default_matmul_precision("highest"):
+        yield

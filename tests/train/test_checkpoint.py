@@ -214,6 +214,13 @@ def test_fit_refuses_to_clobber_or_mix_runs(foreign, small_ds, tmp_path):
     with pytest.raises(CheckpointError, match="does not match the model"):
         fit(wide, small_ds, **kw, resume=True)
     assert _snapshot(tmp_path) == before
+    data_dir = tmp_path / "4" / "state" / "d"
+    for f in os.listdir(data_dir):
+        os.truncate(data_dir / f, 1)
+    before = _snapshot(tmp_path)
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        fit(model, small_ds, **kw, resume=True)
+    assert _snapshot(tmp_path) == before  # the corrupt checkpoint is reported, not replaced
 
 
 @pytest.mark.parametrize("kwargs, exc, match", [

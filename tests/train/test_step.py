@@ -109,3 +109,14 @@ def test_bad_arguments(foreign):
         TrainState.create(make_params(), opt, key=0)
     with pytest.raises(TypeError, match="optimizer must be an optax"):
         TrainState.create(make_params(), {"name": "sgd"}, key=jax.random.key(0))
+    step = make_train_step(apply_fn, None, opt, cross_entropy())
+    state = TrainState.create(make_params(), opt, key=jax.random.key(0))
+    x, y = np.zeros((4, 28, 28, 1), np.float32), np.zeros(4, np.int32)
+    with pytest.raises(TypeError, match="y must hold integer class indices"):
+        step(state, x, y.astype(np.float32), jax.random.key(0))
+    with pytest.raises(ValueError, match=r"y must have shape \(4,\)"):
+        step(state, x, y[:3], jax.random.key(0))
+    with pytest.raises(TypeError, match="key must be a single typed PRNG key"):
+        step(state, x, y, 0)
+    with pytest.raises(TypeError, match="state must be a TrainState"):
+        step(state.params, x, y, jax.random.key(0))
