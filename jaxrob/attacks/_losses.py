@@ -25,9 +25,9 @@ def ce_loss(logits: jax.Array, y: jax.Array) -> jax.Array:
     Returns:
       ``(B,)`` float32 losses ``-log softmax(logits)[y]``.
     """
-    logits = logits.astype(jnp.float32)
-    log_p = jax.nn.log_softmax(logits, axis=-1)
-    return -jnp.take_along_axis(log_p, y[:, None].astype(jnp.int32), axis=-1)[:, 0]
+    log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    # A one-hot contraction rather than a gather: its gradient is elementwise, not a scatter.
+    return -jnp.sum(jnp.where(jax.nn.one_hot(y, logits.shape[-1], dtype=bool), log_p, 0.0), axis=-1)
 
 
 def cw_loss(logits: jax.Array, y: jax.Array) -> jax.Array:

@@ -83,7 +83,7 @@ def _direction(g: jax.Array, norm: str) -> jax.Array:
     """Steepest-ascent direction for a unit step: sign (L-inf) or normalised gradient (L2)."""
     if norm == "linf":
         return jnp.sign(g)
-    return g / jnp.maximum(_l2(g), _TINY).astype(g.dtype)
+    return (g.astype(jnp.float32) / jnp.maximum(_l2(g), _TINY)).astype(g.dtype)
 
 
 def _draw(sampler, key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
