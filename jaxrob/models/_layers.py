@@ -44,10 +44,10 @@ def _normal_chunk(key: jax.Array) -> jax.Array:
 def _standard_normal(key: jax.Array, shape: tuple[int, ...]) -> np.ndarray | jax.Array:
     """Standard-normal samples of ``shape``; a NumPy array when ``key`` is concrete."""
     size = math.prod(shape)
-    keys = [jax.random.fold_in(key, i) for i in range(max(1, -(-size // _CHUNK)))]
-    if isinstance(key, jax.core.Tracer):
-        return jnp.concatenate([_normal_chunk(k) for k in keys])[:size].reshape(shape)
-    return np.concatenate([np.asarray(_normal_chunk(k)) for k in keys])[:size].reshape(shape)
+    chunks = [_normal_chunk(jax.random.fold_in(key, i)) for i in range(max(1, -(-size // _CHUNK)))]
+    if any(isinstance(c, jax.core.Tracer) for c in chunks):  # under jit/eval_shape
+        return jnp.concatenate(chunks)[:size].reshape(shape)
+    return np.concatenate([np.asarray(c) for c in chunks])[:size].reshape(shape)
 
 
 def normal_init(gain: float, mode: str) -> Callable[..., jax.Array]:
@@ -121,13 +121,15 @@ class BatchNorm(nnx.BatchNorm):
     Same parameters (``scale``, ``bias``), statistics (``mean``, ``var``: biased batch
     variance, exponential moving averages with decay ``momentum``) and eval mode as
     ``nnx.BatchNorm``.  In train mode the new running statistics are written with
-    ``variable.value = ...`` instead of Flax 0.12's indexed assignment
+    ``variable.set_value(...)`` instead of Flax 0.12's indexed assignment
     ``variable[...] = ...``, whose check ``getattr(tracer, "sharding")`` builds an error
     message by walking the whole jaxpr: that made tracing a train step quadratic in
     the number of batch-norm layers.
     """
 
     def __call__(self, x: jax.Array, use_running_average: bool | None = None, *, mask=None) -> jax.Array:
+        if use_running_average is None:
+            use_running_average = self.use_running_average
         if use_running_average or mask is not None or self.axis != -1:
             return super().__call__(x, use_running_average=use_running_average, mask=mask)
         axes = tuple(range(x.ndim - 1))
@@ -135,9 +137,10 @@ class BatchNorm(nnx.BatchNorm):
         mean = jnp.mean(xf, axis=axes)
         var = jnp.mean(jnp.square(xf - mean), axis=axes)
         m = self.momentum
-        self.mean.value = jax.lax.stop_gradient(m * self.mean.value + (1 - m) * mean)
-        self.var.value = jax.lax.stop_gradient(m * self.var.value + (1 - m) * var)
-        y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon) * self.scale.value + self.bias.value
+        for stat, batch in ((self.mean, mean), (self.var, var)):
+            old = stat[...]
+            stat.set_value(jax.lax.stop_gradient(m * old + (1 - m) * batch).astype(old.dtype))
+        y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon) * self.scale[...] + self.bias[...]
         return y.astype(self.dtype or x.dtype)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
 import numbers
 from typing import Any, Callable, Sequence
@@ -48,7 +49,10 @@ def _dropout_rate(value: Any) -> float:
 
 def _channel_constants(name: str, value: Any, channels: int, *, positive: bool) -> tuple[float, ...]:
     """A scalar (broadcast) or one finite value per channel."""
-    values = np.atleast_1d(np.asarray(value, dtype=np.float64)) if not isinstance(value, str) else None
+    try:
+        values = None if isinstance(value, str) else np.atleast_1d(np.asarray(value, dtype=np.float64))
+    except (TypeError, ValueError):
+        values = None
     if values is None or values.ndim != 1 or len(values) not in (1, channels):
         raise ValueError(f"{name} must be a number or a sequence of {channels} numbers (one per "
                          f"input channel), got {value!r}")
@@ -184,7 +188,9 @@ def create_module(name: str, *, num_classes: int = 10, input_shape: Sequence[int
     if not isinstance(name, str):
         raise TypeError(f"name must be a model name (str), got {name!r} of type {type(name).__name__}")
     if name not in MODELS:
-        raise ValueError(f"unknown model name {name!r}; known models: {', '.join(available())}")
+        close = difflib.get_close_matches(name, available(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown model name {name!r}{hint}; known models: {', '.join(available())}")
     entry = MODELS[name]
     num_classes = _validate.number("num_classes", num_classes, min=2, integer=True)
     input_shape = entry.input_shape if input_shape is None else _input_shape(input_shape)
@@ -236,6 +242,12 @@ def create(name: str, *, num_classes: int = 10, input_shape: Sequence[int] | Non
     Raises:
       ValueError: unknown ``name`` (the message lists the known ones) or an invalid value.
       TypeError: an argument of the wrong type or an option the model does not take.
+
+    References:
+      Each architecture's class cites its paper: He et al., CVPR 2016 (arXiv:1512.03385);
+      He et al., ECCV 2016 (arXiv:1603.05027); Zagoruyko & Komodakis, BMVC 2016
+      (arXiv:1605.07146); Simonyan & Zisserman, ICLR 2015 (arXiv:1409.1556); Sandler et al.,
+      CVPR 2018 (arXiv:1801.04381).
 
     Example:
       >>> import jax, jax.numpy as jnp

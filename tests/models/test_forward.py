@@ -125,10 +125,10 @@ def test_batch_norm_agrees_with_flax():
     ours = _layers.batch_norm(5, dtype=None, rngs=nnx.Rngs(0))
     ref = nnx.BatchNorm(5, momentum=0.9, epsilon=1e-5, rngs=nnx.Rngs(0))
     for bn in (ours, ref):
-        bn.scale.value = jnp.linspace(0.5, 2.0, 5)
-        bn.bias.value = jnp.linspace(-1.0, 1.0, 5)
-        bn.mean.value = jnp.full((5,), 0.3)
-        bn.var.value = jnp.full((5,), 2.0)
+        bn.scale[...] = jnp.linspace(0.5, 2.0, 5)
+        bn.bias[...] = jnp.linspace(-1.0, 1.0, 5)
+        bn.mean[...] = jnp.full((5,), 0.3)
+        bn.var[...] = jnp.full((5,), 2.0)
 
     @nnx.jit
     def run(ours, ref, x):
@@ -137,15 +137,15 @@ def test_batch_norm_agrees_with_flax():
 
     got, want = run(ours, ref, x)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)   # eval and train outputs
-    np.testing.assert_allclose(ours.mean.value, ref.mean.value, rtol=1e-6)
-    np.testing.assert_allclose(ours.var.value, ref.var.value, rtol=1e-5)
-    assert not np.allclose(ours.mean.value, 0.3)
+    np.testing.assert_allclose(ours.mean[...], ref.mean[...], rtol=1e-6)
+    np.testing.assert_allclose(ours.var[...], ref.var[...], rtol=1e-5)
+    assert not np.allclose(ours.mean[...], 0.3)
 
 
 def test_option_a_shortcut_subsamples_and_zero_pads_channels():
     block = _resnet._BasicBlockA(4, 8, 2, dtype=None, rngs=_layers.ParamKeys(KEY))
     for conv in (block.conv1, block.conv2):
-        conv.kernel.value = jnp.zeros_like(conv.kernel.value)
+        conv.kernel[...] = jnp.zeros_like(conv.kernel[...])
     x = uniform(4, (2, 6, 6, 4)) + 0.1
     # Zero convolutions make the residual branch bn(0) = 0 (fresh statistics), leaving the shortcut.
     expected = jnp.pad(x[:, ::2, ::2, :], ((0, 0), (0, 0), (0, 0), (2, 2)))

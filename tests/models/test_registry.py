@@ -49,6 +49,7 @@ def test_unknown_name_lists_known_names():
     ("mobilenet_v2", {"width_mult": 0.0}, ValueError, "width_mult must be > 0"),
     ("mlp", {"input_shape": (8, 8, 3), "mean": (0.5, 0.5)}, ValueError, "mean must be a number or a sequence of 3"),
     ("mlp", {"std": 0.0}, ValueError, "std must be finite and > 0"),
+    ("mlp", {"mean": "zero"}, ValueError, "mean must be a number or a sequence of 1"),
     ("mlp", {"input_shape": (8, 8, 2)}, ValueError, "no default normalisation for 2-channel inputs"),
     ("mlp", {"dtype": jnp.int32}, TypeError, "dtype must be a floating dtype"),
     ("cnn_small", {"input_shape": (2, 2, 1)}, ValueError, "height and width >= 4"),
@@ -222,8 +223,11 @@ def test_traced_initialisation_equals_eager():
     # 16*16*1 * 300 = 76,800 weights: more than one sampling chunk.
     kw = dict(input_shape=(16, 16, 1), hidden_sizes=(300,))
     eager = models.create("mlp", key=KEY, **kw).variables
-    traced = jax.jit(lambda k: models.create("mlp", key=k, **kw).variables)(KEY)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), eager, traced)
+    # A traced key, and a concrete key used inside a trace.
+    traced, closed_over = jax.jit(lambda k: (models.create("mlp", key=k, **kw).variables,
+                                             models.create("mlp", key=KEY, **kw).variables))(KEY)
+    for other in (traced, closed_over):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), eager, other)
 
 
 def test_create_abstract_matches_create(abstract):
