@@ -201,6 +201,9 @@ def fit(model: Any, train_data: _data.Dataset, *, optimizer: Mapping[str, Any] |
     n = len(train_data)
     if batch_size > n:
         raise ValueError(f"batch_size must be <= the {n} examples of train_data, got {batch_size}")
+    if mesh is None and jax.process_count() > 1:
+        raise ValueError(f"this is a {jax.process_count()}-process run: pass mesh=make_mesh() so that the "
+                         "processes train one data-parallel model instead of separate copies")
     if mesh is not None:
         _check_mesh(mesh)
         shards = mesh.shape["data"]

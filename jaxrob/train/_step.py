@@ -24,7 +24,6 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxrob import _validate
 from jaxrob.train._losses import Loss
 from jaxrob.train._state import ApplyFn, ModelFns, TrainApplyFn, TrainState, model_fns
 

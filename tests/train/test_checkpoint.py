@@ -10,8 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrob import data
-from jaxrob.train import CheckpointError, Checkpoints, TrainState, fit, make_optimizer, pgd_at
+from jaxrob.train import CheckpointError, Checkpoints, TrainState, evaluate, fit, make_optimizer, pgd_at
 
 
 def _assert_equal_trees(a, b):
@@ -196,13 +195,25 @@ def test_interrupted_run_resumes_exactly(bn_model, small_ds, tmp_path):
     assert hist2 == full_hist
 
 
-def test_fit_refuses_to_clobber_or_mix_runs(foreign, small_ds, tmp_path):
+def test_fit_history_and_refusals(foreign, small_ds, mnist_small, tmp_path, capsys):
     apply_fn, make_params = foreign
     model = (apply_fn, make_params())
     kw = dict(optimizer={"name": "sgd", "learning_rate": 0.1}, epochs=1, batch_size=100, progress=False,
               key=jax.random.key(0), checkpoint_dir=tmp_path)
-    state, hist = fit(model, small_ds, **kw)
-    assert [h["step"] for h in hist] == [4]
+    x_test, y_test = mnist_small
+    seen, evals = [], []
+
+    def eval_fn(state):
+        evals.append(int(state.step))
+        return {"test_accuracy": evaluate(apply_fn, state.params, x_test, y_test)}
+
+    state, hist = fit(model, small_ds, **{**kw, "progress": True}, eval_fn=eval_fn,
+                      callback=lambda st, m: seen.append(jax.device_get(m)))
+    assert "loss=" in capsys.readouterr().err  # the progress bar shows the running loss
+    assert evals == [4] and [h["step"] for h in hist] == [4] and [h["epoch"] for h in hist] == [1]
+    assert hist[0]["test_accuracy"] == evaluate(apply_fn, state.params, x_test, y_test) > 0.5
+    for name in ("loss", "accuracy", "grad_norm"):  # epoch entries are means of the step metrics
+        assert hist[0][name] == pytest.approx(np.mean([float(m[name]) for m in seen]), rel=1e-6)
     before = _snapshot(tmp_path)
     with pytest.raises(CheckpointError, match="already holds checkpoints"):
         fit(model, small_ds, **kw)
