@@ -185,17 +185,19 @@ def run_model(name: str, args, torch, torchattacks) -> dict[str, Any]:
     eps, shape = s["eps"], s["shape"]
     n = s["n_quick"] if args.quick else s["n"]
     x_train, y_train, source = C.mnist10k("train")
-    x_test, y_test, _ = C.mnist10k("test")
+    x_test, y_test, test_source = C.mnist10k("test")
     if name == "resnet20":
         x_train, x_test = C.mnist_as_cifar(x_train), C.mnist_as_cifar(x_test)
         source += " in CIFAR shape (zero border to 32x32, grey to RGB)"
+        test_source += " in CIFAR shape"
     x_test, y_test = x_test[:n], y_test[:n]
     print(f"\n== {name}: training {s['train_steps']} steps on {source} ...", flush=True)
     model = models.create(name, num_classes=10, key=jax.random.key(0))
     variables, train_s = train_briefly(model, x_train, y_train, steps=s["train_steps"], key=jax.random.key(1))
     lj = jax_logits(model.apply_fn, variables, x_test)
     res: dict[str, Any] = {
-        "model": name, "params": models.count_params(variables["params"]), "data": source,
+        "model": name, "params": models.count_params(variables["params"]), "train_data": source,
+        "eval_data": f"first {n} of {test_source}",
         "train": {"steps": s["train_steps"], "batch": 128, "optimizer": "adam(1e-3)", "seconds": train_s},
         "clean_accuracy_jaxrob": float(np.mean(lj.argmax(1) == y_test)),
     }
