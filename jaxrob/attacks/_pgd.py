@@ -227,7 +227,9 @@ def pgd(apply_fn: ApplyFn, params: PyTree, x: jax.typing.ArrayLike, y: PyTree, *
     a run that fools the model (misclassified, or classified as the target when
     ``targeted``) beats one that does not, and otherwise the highest loss wins.
     When ``y`` is not an integer label array (a callable ``loss`` with soft
-    targets) only the loss is compared.
+    targets) only the loss is compared. Each restart's final point costs one
+    more forward pass (``eot_samples`` of them with EOT, scored by the averaged
+    loss and the argmax of the averaged logits); ``restarts=1`` skips it.
 
     Randomness (EOT): ``transform(key, x) -> x`` is a random input
     transformation applied before the model at every forward pass, and

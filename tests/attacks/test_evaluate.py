@@ -130,3 +130,13 @@ def test_random_pipeline_uses_transform_for_predictions(mnist_mlp):
     assert robust_accuracy(m.apply_fn, m.params, x, y, **kw) == res
     acc = accuracy(m.apply_fn, m.params, x, y, key=KEY, transform=scramble)
     assert acc <= 0.4
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from jaxrob.attacks import _evaluate, _pgd
+
+    for module in (_pgd, _evaluate):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.attempted > 0 and result.failed == 0, module.__name__

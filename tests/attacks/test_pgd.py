@@ -254,8 +254,8 @@ class _Unhashable:
 def test_jit_matches_unjitted(mnist_mlp):
     m = mnist_mlp
     x, y = m.x[:32], m.y[:32]
-    kw = dict(key=jax.random.key(3), eps=0.04, steps=3, restarts=4)  # as in the restarts test
-    direct = pgd(m.apply_fn, m.params, x, y, **kw)
+    kw = dict(key=KEY, eps=0.1, steps=3, norm="linf", init="uniform", init_scale=0.05)
+    direct = _ball_attack(m, "linf", "uniform", 0.1)  # pgd's own jit
     jitted = jax.jit(lambda p, xx, yy: pgd(m.apply_fn, p, xx, yy, **kw))(m.params, x, y)
     unjitted = pgd(_Unhashable(m.apply_fn), m.params, x, y, **kw)
     np.testing.assert_allclose(jitted, direct, atol=1e-6)
