@@ -140,3 +140,20 @@ def test_docstring_examples_run():
     for module in (_pgd, _evaluate):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+def test_robust_accuracy_equals_the_definition_with_a_deterministic_attack(mnist_mlp):
+    """Attacking only the still-robust examples (the compacted loop) gives exactly the
+    definition: correct clean and on the attack at every radius <= eps."""
+    m = mnist_mlp
+    x, y = m.x[:150], m.y[:150]
+    eps = [0.0, 0.02, 0.05, 0.1]
+    res = robust_accuracy(m.apply_fn, m.params, x, y, epsilons=eps, key=KEY, attack="fgsm",
+                          batch_size=64, progress=False)
+    ok = np.asarray(m.predict(m.params, x)).argmax(-1) == np.asarray(y)
+    expected = {0.0: ok.mean()}
+    for e in eps[1:]:
+        ok &= np.asarray(m.predict(m.params, fgsm(m.apply_fn, m.params, x, y, eps=e))).argmax(-1) == np.asarray(y)
+        expected[e] = ok.mean()
+    assert res == pytest.approx(expected, abs=1e-12)
+    assert expected[0.1] < expected[0.0]  # the attack did break some examples
