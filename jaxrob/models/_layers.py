@@ -164,8 +164,18 @@ def conv(cin: int, cout: int, kernel: int, *, stride: int = 1, groups: int = 1, 
 
 
 def max_pool(x: jax.Array, size: int = 2) -> jax.Array:
-    """Non-overlapping ``size x size`` max pooling with floor (``VALID``) semantics."""
-    return nnx.max_pool(x, (size, size), strides=(size, size), padding="VALID")
+    """Non-overlapping ``size x size`` max pooling with floor (``VALID``) semantics.
+
+    Written as a reshape and a max over the window axes rather than
+    ``lax.reduce_window``: the forward pass is identical, but the backward pass
+    becomes elementwise instead of XLA's ``select_and_scatter``, which on CPU was
+    measured 4x slower (128x28x28x32 input: 90 ms vs 22 ms). At ties the gradient
+    is split evenly between the tied inputs (a valid subgradient).
+    """
+    n, h, w, c = x.shape
+    h2, w2 = h // size, w // size
+    x = x[:, :h2 * size, :w2 * size, :]
+    return jnp.max(x.reshape(n, h2, size, w2, size, c), axis=(2, 4))
 
 
 def global_avg_pool(x: jax.Array) -> jax.Array:
