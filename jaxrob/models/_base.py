@@ -95,8 +95,8 @@ def from_nnx(module: nnx.Module, *, name: str, input_shape: tuple[int, ...], num
         m = _merge(variables)
         logits = m(x, train=True, key=key)
         _, new_stats = nnx.split(m, nnx.BatchStat, ...)[:2]
-        return logits, new_stats.to_pure_dict()
+        return logits, nnx.to_pure_dict(new_stats)
 
-    variables = {"params": params.to_pure_dict(), "batch_stats": batch_stats.to_pure_dict()}
+    variables = {"params": nnx.to_pure_dict(params), "batch_stats": nnx.to_pure_dict(batch_stats)}
     return Model(apply_fn=apply_fn, train_apply=train_apply, variables=variables, name=name,
                  input_shape=tuple(input_shape), num_classes=int(num_classes))

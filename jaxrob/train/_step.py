@@ -166,7 +166,7 @@ def make_train_step(apply_fn: ApplyFn, train_apply: TrainApplyFn | None, optimiz
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
-        metrics["grad_norm"] = optax.global_norm(grads).astype(jnp.float32)
+        metrics["grad_norm"] = optax.tree.norm(grads).astype(jnp.float32)
         new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
                                opt_state=opt_state, rng=state.rng)
         return new_state, metrics

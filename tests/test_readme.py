@@ -1,0 +1,23 @@
+"""The README's tour runs as written."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_tour_runs():
+    text = README.read_text()
+    tour = text[text.index("## A short tour"):text.index("## What is in the box")]
+    blocks = re.findall(r"```python\n(.*?)```", tour, flags=re.S)
+    assert len(blocks) == 2
+    ns: dict = {}
+    for block in blocks:
+        exec(compile(block, str(README), "exec"), ns)
+    acc = ns["acc"]
+    assert set(acc) == {0.0, 0.1} and acc[0.1] <= acc[0.0]
+    assert acc[0.0] > 0.8  # one epoch of PGD-AT on 8,000 digits already classifies well
+    for x_adv in (ns["x_adv"],):
+        assert np.max(np.abs(np.asarray(x_adv) - np.asarray(ns["x_test"]))) <= 0.1 + 1e-6
