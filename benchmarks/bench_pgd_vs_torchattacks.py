@@ -263,6 +263,12 @@ def run_model(name: str, args, torch, torchattacks) -> dict[str, Any]:
     return res
 
 
+def _eps_str(eps: float) -> str:
+    """``8/255`` for multiples of 1/255, else the number."""
+    k = eps * 255
+    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 and eps < 1 and round(k) > 0 else f"{eps:.4g}"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer examples and timing repeats")
@@ -290,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in results["models"].items():
         pg, tp = r["pgd"], r["throughput"]
         rows.append([
-            name, f"{pg['n']}", f"{pg['eps']:.4g}",
+            name, f"{pg['n']}", _eps_str(pg["eps"]),
             f"{r['clean_accuracy_jaxrob']:.4f}",
             f"{r['clean_agreement']['agreement']:.4f}" if "clean_agreement" in r else "-",
             f"{r['clean_agreement']['max_abs_logit_diff']:.2e}" if "clean_agreement" in r else "-",
@@ -300,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         ])
     table = C.markdown_table(
         ["model", "n", "eps (acc.)", "clean acc", "pred. agreement", "max |Δlogit|", "PGD-20 acc jaxrob",
-         "PGD-20 acc torchattacks", "jaxrob img/s", "torchattacks img/s", "speed ratio"], rows)
+         "PGD-20 acc torchattacks", "jaxrob img/s", "torchattacks img/s", "speed jaxrob/torchattacks"], rows)
     env = results["environment"]
     print(f"\nPGD-20 L-inf, batch {THROUGHPUT_BATCH} for speed; device {env['device_kind']}, {env['cores']} cores, "
           f"jax {env['jax']}, torch {env.get('torch', '-')}, torchattacks {env.get('torchattacks', '-')}\n")
