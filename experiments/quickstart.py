@@ -161,6 +161,12 @@ def run(config: Config, ctx) -> dict:
     x_test, y_test = data.as_arrays(test_ds, limit=config.eval_examples or None)
     log.info(f"data: {config.dataset} train {len(train_ds)}, evaluating on {len(y_test)} test examples")
 
+    # Data parallelism over every device (on CPU, `jaxrob run` makes one device per core).
+    mesh = train.make_mesh() if jax.device_count() > 1 else None
+    if mesh is not None and config.batch_size % jax.device_count():
+        mesh = None
+    log.info(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}"
+             + (" (data-parallel)" if mesh is not None else ""))
     key = jax.random.key(config.seed)
     k_init, k_train, k_eval = jax.random.split(key, 3)
     optimizer = {"name": config.optimizer, "learning_rate": config.learning_rate, "schedule": "cosine"}
@@ -180,14 +186,16 @@ def run(config: Config, ctx) -> dict:
         state, history = train.fit(
             net, train_ds, loss=loss, optimizer=optimizer, epochs=config.epochs, batch_size=config.batch_size,
             seed=config.seed, key=k_train, checkpoint_dir=ctx.run_dir / "checkpoints" / loss.name,
-            resume=ctx.resume, progress=ctx.progress, config={"experiment": NAME, "model_name": name})
+            resume=ctx.resume, progress=ctx.progress, mesh=mesh,
+            config={"experiment": NAME, "model_name": name})
         times[name] = time.perf_counter() - t0
         histories[name] = history
         variables = {"params": state.params, "batch_stats": state.batch_stats}
         log.info(f"evaluating {name} under PGD-{config.eval_steps} at eps {list(config.eval_epsilons)}")
         accs = attacks.robust_accuracy(net.apply_fn, variables, x_test, y_test, epsilons=config.eval_epsilons,
                                        key=jax.random.fold_in(k_eval, i), steps=config.eval_steps,
-                                       restarts=config.eval_restarts, batch_size=500, progress=ctx.progress)
+                                       restarts=config.eval_restarts, batch_size=500, progress=ctx.progress,
+                                       mesh=mesh)
         rows[name] = {float(e): float(a) for e, a in accs.items()}
         log.info(f"  {name}: " + ", ".join(f"eps={e:g}: {100 * a:.2f}%" for e, a in rows[name].items()))
 

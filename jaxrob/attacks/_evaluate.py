@@ -66,6 +66,19 @@ def _pad(a: Any, size: int) -> Any:
     return xp.concatenate([a, xp.repeat(a[-1:], size - n, axis=0)], axis=0)
 
 
+def _sharder(mesh: jax.sharding.Mesh | None) -> Callable[[Any], Any]:
+    """``put(a)``: shards ``a``'s leading axis over ``mesh``'s ``"data"`` axis (identity without a mesh)."""
+    if mesh is None:
+        return lambda a: a
+    if not isinstance(mesh, jax.sharding.Mesh) or "data" not in mesh.axis_names:
+        raise TypeError(f"mesh must be a jax.sharding.Mesh with a 'data' axis (see jaxrob.train.make_mesh), "
+                        f"got {mesh!r}")
+    if jax.process_count() > 1:
+        raise ValueError("robust_accuracy(mesh=...) supports single-process meshes only")
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    return lambda a: jax.device_put(a, sharding)
+
+
 def _batches(n: int, batch_size: int):
     bs = min(batch_size, n)
     return bs, math.ceil(n / bs)
@@ -144,7 +157,8 @@ def accuracy(apply_fn: Callable[..., jax.Array], params: PyTree, x: jax.typing.A
 def robust_accuracy(apply_fn: Callable[..., jax.Array], params: PyTree, x: jax.typing.ArrayLike,
                     y: jax.typing.ArrayLike, *, epsilons: Iterable[float], key: jax.Array,
                     attack: str | Callable[..., jax.Array] = "pgd", batch_size: int = 256,
-                    progress: bool = True, **attack_kwargs: Any) -> dict[float, float]:
+                    progress: bool = True, mesh: jax.sharding.Mesh | None = None,
+                    **attack_kwargs: Any) -> dict[float, float]:
     """Accuracy under attack for several radii, compiled once for all of them.
 
     The clean predictions come first, then the attack at every ``eps`` in
@@ -172,6 +186,12 @@ def robust_accuracy(apply_fn: Callable[..., jax.Array], params: PyTree, x: jax.t
       batch_size: examples per attack call.
       progress: show a tqdm progress bar with the running accuracy at the
         largest radius.
+      mesh: optional ``jax.sharding.Mesh`` with a ``"data"`` axis (e.g.
+        ``jaxrob.train.make_mesh()``): every attack batch is sharded over it and
+        ``params`` replicated, so all devices (or, with
+        ``jax_num_cpu_devices``, all CPU cores) attack their share in parallel.
+        The batch size is rounded up to a multiple of the axis size. Single
+        process only.
       **attack_kwargs: static options for the attack (e.g. ``steps=10,
         norm="l2", restarts=2``); they must be hashable to share the compile
         cache across calls. ``step_size`` if given is the same for every eps
@@ -222,6 +242,12 @@ def robust_accuracy(apply_fn: Callable[..., jax.Array], params: PyTree, x: jax.t
     radii = sorted({float(e) for e in epsilons})
     n = x.shape[0]
     bs, nb = _batches(n, batch_size)
+    put = _sharder(mesh)
+    if mesh is not None:
+        shards = mesh.shape["data"]
+        bs = -(-bs // shards) * shards
+        nb = math.ceil(n / bs)
+        params = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
     clean = _compiled(_clean_batch, _clean_jit, (apply_fn, transform, randomized))
     robust_fn = _compiled(_robust_batch, _robust_jit,
                           (apply_fn, attack_fn, tuple(sorted(attack_kwargs.items()))))
@@ -229,10 +255,11 @@ def robust_accuracy(apply_fn: Callable[..., jax.Array], params: PyTree, x: jax.t
     for i in range(nb):
         sl = slice(i * bs, (i + 1) * bs)
         valid = min(bs, n - i * bs)
-        c = clean(params, _pad(x[sl], bs), _pad(y[sl], bs), jax.random.fold_in(jax.random.fold_in(key, 0), i))
+        c = clean(params, put(_pad(x[sl], bs)), put(_pad(y[sl], bs)),
+                  jax.random.fold_in(jax.random.fold_in(key, 0), i))
         robust[sl] = np.asarray(c)[:valid]
     counts = {}
-    all_true = jnp.ones((bs,), dtype=bool)
+    all_true = put(np.ones((bs,), dtype=bool))
     bar = tqdm(total=nb * len(radii), desc=f"robust accuracy ({getattr(attack, '__name__', attack)})",
                disable=not progress)
     for j, eps in enumerate(radii):
@@ -244,7 +271,8 @@ def robust_accuracy(apply_fn: Callable[..., jax.Array], params: PyTree, x: jax.t
             for b in range(math.ceil(idx.size / bs)):
                 ib = idx[b * bs:(b + 1) * bs]
                 ibp = _pad(ib, bs)
-                ok = robust_fn(params, x[ibp], y[ibp], jax.random.fold_in(k_eps, b), jnp.float32(eps), all_true)
+                ok = robust_fn(params, put(x[ibp]), put(y[ibp]), jax.random.fold_in(k_eps, b), jnp.float32(eps),
+                               all_true)
                 robust[ib] = np.asarray(ok)[:ib.size]
                 bar.update(1)
             bar.update(nb - math.ceil(idx.size / bs))

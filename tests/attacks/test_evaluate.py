@@ -157,3 +157,31 @@ def test_robust_accuracy_equals_the_definition_with_a_deterministic_attack(mnist
         expected[e] = ok.mean()
     assert res == pytest.approx(expected, abs=1e-12)
     assert expected[0.1] < expected[0.0]  # the attack did break some examples
+
+
+def test_robust_accuracy_on_a_device_mesh_matches_one_device():
+    """Sharding the attack batches over 4 (fake CPU) devices gives the same numbers."""
+    import subprocess
+    import sys
+    code = r"""
+import jax
+jax.config.update("jax_num_cpu_devices", 4)
+import numpy as np, jax.numpy as jnp
+from jax.sharding import Mesh
+from jaxrob.attacks import robust_accuracy
+rng = np.random.default_rng(0)
+w = jnp.asarray(rng.normal(size=(20, 3)), jnp.float32)
+apply_fn = lambda p, x: jnp.tanh(x.reshape(len(x), -1) @ p) * 5
+x = rng.uniform(size=(37, 4, 5)).astype(np.float32)
+y = np.asarray(apply_fn(w, x)).argmax(-1).astype(np.int32)
+kw = dict(epsilons=[0.0, 0.02, 0.1], key=jax.random.key(0), steps=5, batch_size=12, progress=False)
+one = robust_accuracy(apply_fn, w, x, y, **kw)
+four = robust_accuracy(apply_fn, w, x, y, mesh=Mesh(jax.devices(), ("data",)), **kw)
+assert len(jax.devices()) == 4
+assert one[0.0] == 1.0 and one[0.1] < 1.0, one
+# same batches and keys; the attack is per-example, so sharding changes nothing
+assert one == four, (one, four)
+print("OK")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
