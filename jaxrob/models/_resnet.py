@@ -158,7 +158,17 @@ class PreActResNet(L.Classifier):
             for block in getattr(self, f"layer{s}"):
                 needs_key = train and key is not None and block.dropout > 0
                 block_key = jax.random.fold_in(key, index) if needs_key else None
-                x = block(x, train=train, key=block_key)
+                x = self.block_output(block(x, train=train, key=block_key), index, train=train, key=key)
                 index += 1
         x = jax.nn.relu(self.bn(x, use_running_average=not train))
         return self.fc(L.global_avg_pool(x))
+
+    def block_output(self, x: jax.Array, index: int, *, train: bool, key: jax.Array | None) -> jax.Array:
+        """Hook on the output of residual block ``index`` (0-based, counted over all stages).
+
+        The identity here; subclasses override it to act on the residual stream
+        between blocks (e.g. :class:`jaxrob.ensembles.NoisyPreActResNet` injects
+        Gaussian noise). ``key`` is the key passed to ``__call__`` (possibly ``None``).
+        """
+        del index, train, key
+        return x

@@ -145,7 +145,7 @@ def _pgd():
 
 
 def pgd_at(eps: float, *, steps: int = 10, step_size: float | None = None, norm: str = "linf",
-           init: str = "uniform", restarts: int = 1) -> Loss:
+           init: str = "uniform", restarts: int = 1, randomized: bool = False) -> Loss:
     """PGD adversarial training: cross-entropy on PGD examples.
 
     Per batch: ``x_adv = pgd(f_eval, x, y)`` maximising cross-entropy inside the
@@ -163,6 +163,11 @@ def pgd_at(eps: float, *, steps: int = 10, step_size: float | None = None, norm:
       norm: ``"linf"`` or ``"l2"``.
       init: PGD start, ``"uniform"`` (Madry et al.), ``"normal"`` or ``"zero"``.
       restarts: PGD restarts (the worst case is kept).
+      randomized: the model is randomized (e.g. an EnResNet): its ``apply_fn``
+        is called as ``apply_fn(variables, x, key=...)`` and PGD attacks it with
+        ``randomized=True``, one noise draw per step (its key comes from the
+        attack key), as in the EnResNet authors' PGD training. Only then is it
+        part of ``hparams``.
 
     Returns:
       A :class:`Loss`.
@@ -180,20 +185,22 @@ def pgd_at(eps: float, *, steps: int = 10, step_size: float | None = None, norm:
     eps, steps, step_size = _attack_args(eps, steps, step_size, norm)
     _validate.choice("init", init, ("uniform", "normal", "zero"))
     restarts = _validate.number("restarts", restarts, min=1, integer=True)
+    if not isinstance(randomized, bool):
+        raise TypeError(f"randomized must be a bool, got {randomized!r}")
     pgd = _pgd()
 
     def fn(model, params, batch_stats, x, y, key):
         k_fwd, k_attack, _ = _keys(key)
         frozen = jax.lax.stop_gradient(model.eval_variables(params, batch_stats))
         x_adv = pgd(model.apply_fn, frozen, x, y, key=k_attack, eps=eps, steps=steps, step_size=step_size,
-                    norm=norm, init=init, restarts=restarts)
+                    norm=norm, init=init, restarts=restarts, randomized=randomized)
         x_adv = jax.lax.stop_gradient(x_adv)
         logits, new_stats = model.train_logits(params, batch_stats, x_adv, key=k_fwd)
         loss = jnp.mean(_ce(logits, y))
         return loss, (new_stats, {"loss": loss, "accuracy": _accuracy(logits, y)})
 
     hp = (("eps", eps), ("steps", steps), ("step_size", step_size), ("norm", norm), ("init", init),
-          ("restarts", restarts))
+          ("restarts", restarts)) + ((("randomized", True),) if randomized else ())
     return Loss("pgd_at", hp, fn)
 
 
