@@ -151,13 +151,13 @@ def _member_geometry(members: Members, params: PyTree, cfg: _Config):
 
 
 def _arc(members: Members, params: PyTree, x: jax.Array, y: jax.Array, alpha: jax.Array,
-         eps: jax.Array, eta: jax.Array | None, rho: jax.Array, cfg: _Config) -> jax.Array:
+         eps: jax.Array, eta: jax.Array, rho: jax.Array, cfg: _Config) -> jax.Array:
     """The ARC loop (arguments already validated)."""
     x = jnp.asarray(x)
     dtype, nd = x.dtype, x.ndim
     alpha = jnp.asarray(alpha, jnp.float32)
     eps = jnp.asarray(eps, jnp.float32)
-    eta = eps if eta is None else jnp.asarray(eta, jnp.float32)
+    eta = jnp.asarray(eta, jnp.float32)
     rho = jnp.asarray(rho, jnp.float32) * eps
     project = _projector(x, eps.astype(dtype), cfg.norm, cfg.clip)
     geometry = _member_geometry(members, params, cfg)
@@ -304,4 +304,5 @@ def arc(members: Members | Callable[..., jax.Array], params: PyTree, x: jax.typi
                              f"besides the prediction), got {top_g}; None means all of them")
     cfg = _Config(steps=steps, norm=norm, top_g=top_g, clip=clip)
     f = _arc_jit if _checks.hashable(members, cfg) else _arc
-    return f(members, params, x, jnp.asarray(y), alpha, eps, step_size, rho, cfg)
+    eta = eps if step_size is None else step_size
+    return f(members, params, x, jnp.asarray(y), alpha, eps, eta, rho, cfg)
