@@ -292,7 +292,8 @@ def _square(apply_fn: ApplyFn, params: PyTree, x: jax.Array, y: jax.Array, key: 
         return lax.cond(jnp.any(~state[2]), attempt, lambda st: st, state)
 
     # One query went to the start; queries - 1 random-search steps follow (official L-inf count).
-    x_best, _, _ = lax.fori_loop(0, cfg.queries - 1, step, (x_best, best, done))
+    if cfg.queries > 1:
+        x_best, _, _ = lax.fori_loop(0, cfg.queries - 1, step, (x_best, best, done))
     x_adv = jnp.where(clean_fooled[:, None, None, None], x, x_best)
     return lax.stop_gradient(x_adv)
 
