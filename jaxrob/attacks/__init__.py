@@ -6,13 +6,27 @@ returning adversarial inputs; they jit, vmap and run inside a training step.
 - :func:`pgd`: projected gradient descent (L-inf/L2, targeted, restarts, CE/CW or
   custom losses, EOT over random transforms or randomized models).
 - :func:`fgsm`: the fast gradient sign method (one-step PGD from ``x``).
+- :func:`apgd` / :func:`apgd_targeted`: Auto-PGD with the CE, DLR and targeted
+  DLR losses (Croce & Hein), step-size schedule with checkpoints, L-inf/L2, EOT.
+- :func:`square`: the score-based Square attack (Andriushchenko et al.), forward passes only.
+- :func:`autoattack`: APGD-CE -> APGD-T -> Square, each on the points still robust
+  (``version="rand"``: APGD-CE and APGD-DLR with EOT for randomized defenses).
+- :func:`arc`: the ARC attack on randomized ensemble classifiers (Dbouk & Shanbhag).
 - :func:`robust_accuracy` / :func:`accuracy`: batched evaluation, one compile for
   all radii.
 - :func:`ce_loss` / :func:`cw_loss`: the per-example losses the attacks maximise.
 """
 
+from ._apgd import apgd, apgd_targeted, dlr_loss, dlr_targeted_loss
+from ._arc import arc
+from ._autoattack import AutoAttackResult, Stage, autoattack, autoattack_stages
 from ._evaluate import accuracy, robust_accuracy
 from ._losses import ce_loss, cw_loss
 from ._pgd import fgsm, pgd
+from ._square import square
 
-__all__ = ["accuracy", "ce_loss", "cw_loss", "fgsm", "pgd", "robust_accuracy"]
+__all__ = [
+    "AutoAttackResult", "Stage", "accuracy", "apgd", "apgd_targeted", "arc", "autoattack",
+    "autoattack_stages", "ce_loss", "cw_loss", "dlr_loss", "dlr_targeted_loss", "fgsm", "pgd",
+    "robust_accuracy", "square",
+]

@@ -9,13 +9,25 @@
   :func:`rec_sampled_accuracy`, :func:`rec_robust_accuracy`, :func:`rec_sample`
   (sampled inference as a randomized ``apply_fn``) and :func:`rec_pgd`
   (adaptive PGD on the expected loss or the expected softmax).
+* BARRE (Dbouk & Shanbhag, ICML 2023): :func:`barre_fit` trains members one
+  after another against the current REC with :func:`barre_loss` (CE + :func:`mce`);
+  :func:`optimal_alpha` finds the sampling probabilities from ARC error rates.
+* EnResNet (Wang et al., NeurIPS 2019): :func:`enresnet` builds an ensemble of
+  noise-injected pre-activation ResNets (:func:`noisy_resnet`,
+  :func:`inject_noise`) as a randomized ``apply_fn``.
 """
 
 from ._core import (Averaged, Members, Sampled, as_members, average, check_alpha, expected_correct,
                     member_logits, num_members, project_simplex, rec_sample, stack, unstack)
+from ._barre import AlphaSearch, barre_fit, barre_loss, mce, optimal_alpha, rec_adversary
+from ._enresnet import (NoisyPreActResNet, RandomizedAveraged, RandomizedTrainApply, enresnet, inject_noise,
+                        noisy_resnet, randomized_average, randomized_train_apply)
 from ._rec import OBJECTIVES, expected_ce, rec_accuracy, rec_pgd, rec_robust_accuracy, rec_sampled_accuracy
 
 __all__ = [
+    "AlphaSearch", "NoisyPreActResNet", "RandomizedAveraged", "RandomizedTrainApply", "barre_fit",
+    "barre_loss", "enresnet", "inject_noise", "mce", "noisy_resnet", "optimal_alpha",
+    "randomized_average", "randomized_train_apply", "rec_adversary",
     "OBJECTIVES", "Averaged", "Members", "Sampled", "as_members", "average", "check_alpha", "expected_ce",
     "expected_correct", "member_logits", "num_members", "project_simplex", "rec_accuracy", "rec_pgd",
     "rec_robust_accuracy", "rec_sample", "rec_sampled_accuracy", "stack", "unstack",
