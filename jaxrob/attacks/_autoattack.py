@@ -92,10 +92,8 @@ def autoattack_stages(version: str = "standard", *, norm: str = "linf", num_clas
         raise TypeError(f"unknown AutoAttack override(s) {unknown}; allowed: {sorted(_DEFAULTS)}")
     o = {**_DEFAULTS, **overrides}
     apgd_kw = {"steps": o["steps"], "restarts": o["restarts"], "rho": o["rho"], "norm": norm, "clip": clip}
+    _check_randomness(version, transform, randomized)
     if version == "standard":
-        if transform is not None or randomized:
-            raise ValueError("version='standard' attacks a deterministic model; for a random transform "
-                             "or a randomized model use version='rand'")
         if num_classes < 4:
             raise ValueError(f"version='standard' runs APGD-T, whose targeted DLR loss needs at least 4 "
                              f"classes; the model has {num_classes}. Pass stages=[...] without it")
@@ -107,12 +105,18 @@ def autoattack_stages(version: str = "standard", *, norm: str = "linf", num_clas
             Stage("square", _square.square,
                   _items({"queries": o["queries"], "p_init": o["p_init"], "norm": norm, "clip": clip})),
         )
-    if transform is None and not randomized:
-        raise ValueError("version='rand' is for randomized defenses: pass a random `transform(key, x)` "
-                         "or randomized=True (a model called as apply_fn(params, x, key=key))")
     eot = {"eot_samples": o["eot_samples"], "transform": transform, "randomized": randomized}
     return (Stage("apgd-ce", _apgd.apgd, _items(apgd_kw, loss="ce", **eot)),
             Stage("apgd-dlr", _apgd.apgd, _items(apgd_kw, loss="dlr", **eot)))
+
+
+def _check_randomness(version: str, transform, randomized: bool) -> None:
+    if version == "standard" and (transform is not None or randomized):
+        raise ValueError("version='standard' attacks a deterministic model; for a random transform "
+                         "or a randomized model use version='rand'")
+    if version == "rand" and transform is None and not randomized:
+        raise ValueError("version='rand' is for randomized defenses: pass a random `transform(key, x)` "
+                         "or randomized=True (a model called as apply_fn(params, x, key=key))")
 
 
 def _items(kw: dict[str, Any], **more: Any) -> tuple[tuple[str, Any], ...]:
@@ -205,6 +209,9 @@ def autoattack(apply_fn: Callable[..., jax.Array], params: PyTree, x: jax.typing
     if transform is not None and not callable(transform):
         raise TypeError(f"transform must be None or a callable transform(key, x) -> x, got {transform!r}")
     clip = _checks.clip_range(clip)
+    if stages is None:
+        _validate.choice("version", version, VERSIONS)
+        _check_randomness(version, transform, randomized)
     batch_size = _evaluate._check_data(apply_fn, params, x, y, batch_size=batch_size, clip=clip,
                                        randomized=randomized)
     n = x.shape[0]
