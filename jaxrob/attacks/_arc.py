@@ -122,6 +122,33 @@ def _closest_boundary(apply_fn: Callable, params: PyTree, point: jax.Array,
     return zeta_best, w_best.astype(jnp.float32)
 
 
+def _local_candidate(zeta: jax.Array, w: jax.Array, d_loc: jax.Array, adaptive: jax.Array | bool,
+                     eta: jax.Array, rho: jax.Array, norm: str) -> jax.Array:
+    """The candidate local step of one member: ``eta * u / ||u||_p`` with ``u = d_loc + beta g``.
+
+    ``g = -sign(w)`` (L-inf) or ``-w / ||w||_2`` (L2) points at the member's
+    closest linearised boundary, at distance ``zeta``. ``beta = eta``, except
+    where ``adaptive`` (every member of the sweep but the first) and the
+    boundary is closer than ``eta``: then
+    ``beta = eta / (eta - zeta) * |zeta - <g2, d_loc>| + rho`` with
+    ``g2 = -w / ||w||_q``, large enough that the rescaled step still crosses
+    this member's linearised boundary (the authors' code: ``|.|`` and the
+    margin ``rho``). All arrays are per example: ``zeta (B,)``, ``w`` and
+    ``d_loc`` ``(B, ...)``; ``rho`` is absolute here.
+    """
+    nd = w.ndim
+    if norm == "linf":
+        g = -jnp.sign(w)
+        g2 = -w / _bcast(_flat_norm(w, "l1") + _TINY, nd)
+    else:
+        g = g2 = -w / _bcast(_flat_norm(w, "l2") + _TINY, nd)
+    along = jnp.sum((g2 * d_loc).reshape(w.shape[0], -1), axis=-1)
+    beta_c = eta / (eta - zeta + _TINY) * jnp.abs(zeta - along) + rho
+    beta = jnp.where(adaptive & (zeta < eta), beta_c, eta)
+    u = d_loc + _bcast(beta, nd) * g
+    return _bcast(eta / (_flat_norm(u, norm) + _TINY), nd) * u
+
+
 def _member_geometry(members: Members, params: PyTree, cfg: _Config):
     """``geometry(i, point) -> (zeta, w)`` for member ``i`` (a traced index into the member axis).
 
@@ -165,7 +192,6 @@ def _arc(members: Members, params: PyTree, x: jax.Array, y: jax.Array, alpha: ja
     # The authors' order: np.flip(np.argsort(alpha)); argsort is stable, so this is the same
     # permutation (ties: the later member first).
     order = jnp.flip(jnp.argsort(alpha, stable=True))
-    step_norm = cfg.norm  # the local step has L-inf / L2 norm eta
 
     def accuracy(xa):
         return expected_correct(members(params, xa), y, alpha)  # (B,)
@@ -173,19 +199,7 @@ def _arc(members: Members, params: PyTree, x: jax.Array, y: jax.Array, alpha: ja
     def member_step(pos, carry):
         x_min, d_loc, acc_loc = carry
         zeta, w = geometry(order[pos], x_min + d_loc.astype(dtype))
-        if cfg.norm == "linf":
-            g = -jnp.sign(w)
-            g2 = -w / _bcast(_flat_norm(w, "l1") + _TINY, nd)
-        else:
-            g = g2 = -w / _bcast(_flat_norm(w, "l2") + _TINY, nd)
-        # Adaptive step (from the second member of the sweep on, when the boundary is closer than
-        # eta): large enough that the rescaled local step still crosses this member's linearised
-        # boundary. The authors' code uses |.| and the margin rho = 0.05 * eps.
-        proj_on = jnp.sum((g2 * d_loc).reshape(g2.shape[0], -1), axis=-1)
-        beta_c = eta / (eta - zeta + _TINY) * jnp.abs(zeta - proj_on) + rho
-        beta = jnp.where((pos > 0) & (zeta < eta), beta_c, eta)
-        u = d_loc + _bcast(beta, nd) * g
-        cand = _bcast(eta / (_flat_norm(u, step_norm) + _TINY), nd) * u
+        cand = _local_candidate(zeta, w, d_loc, pos > 0, eta, rho, cfg.norm)
         acc = accuracy(project(x_min + cand.astype(dtype)))
         ok = acc <= acc_loc
         return x_min, jnp.where(_bcast(ok, nd), cand, d_loc), jnp.minimum(acc, acc_loc)
