@@ -203,8 +203,9 @@ def _square(apply_fn: ApplyFn, params: PyTree, x: jax.Array, y: jax.Array, key: 
         u = _uniform(k_init, b, g * (c + 1))
         transposed = u[:, :g] < 0.5
         signs = _signs(u[:, g:], jnp.float32).reshape(b, g, c)
-        pat = jnp.where(transposed[:, :, None, None], cells_t, cells)  # (B, G, h, w)
-        delta = jnp.einsum("bghw,bgc->bhwc", pat, signs)
+        # Two (B*C, G) x (G, h*w) products; no (B, G, h, w) intermediate.
+        delta = (jnp.einsum("bgc,ghw->bhwc", jnp.where(transposed[..., None], 0.0, signs), cells)
+                 + jnp.einsum("bgc,ghw->bhwc", jnp.where(transposed[..., None], signs, 0.0), cells_t))
         x_best = box(x + (delta * (eps / jnp.maximum(_l2_norm(delta, (1, 2, 3)), _TINY))).astype(dtype))
 
     _, clean_fooled = evaluate(x)
@@ -335,7 +336,7 @@ def square(apply_fn: ApplyFn, params: PyTree, x: jax.typing.ArrayLike, y: jax.ty
 
     * L-inf: the window is set to ``x +- eps`` with one random sign per channel
       (signs are redrawn while that would leave ``x_best`` unchanged, as in the
-      official code); everything stays at a vertex of the eps-ball.
+      official code); every coordinate stays at ``x +- eps`` (before clipping).
     * L2: window 1 receives a new bump pair (random sign per channel, randomly
       transposed) plus its old content, rescaled so that it holds the mass of
       window 1 and window 2 together plus any unused budget; window 2 is

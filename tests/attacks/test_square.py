@@ -165,14 +165,16 @@ def test_breaks_gradient_masked_model_where_pgd_fails(mnist_mlp):
 
 
 def test_targeted():
-    """Three classes; pushing every example to the class whose logit reads the checkerboard."""
+    """Three classes; every example pushed to the class whose logit reads the checkerboard,
+    with the cross-entropy to the target (the official code's loss for targeted attacks)."""
     eps = EPS["linf"]
     two = checker_model(eps)
     params = {"w": jnp.concatenate([two["w"], jnp.zeros((H * W, 1))], 1),
               "b": jnp.concatenate([two["b"], jnp.array([-0.01])])}
     x, _ = data()
     t = jnp.ones((B,), jnp.int32)
-    x_adv = square(linear, params, x, t, key=KEY, eps=eps, queries=300, targeted=True)
+    x_adv = square(linear, params, x, t, key=KEY, eps=eps, queries=300, targeted=True,
+                   loss="ce")
     assert np.all(np.asarray(jnp.argmax(linear(params, x_adv), -1)) == 1)
 
 
