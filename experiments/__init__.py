@@ -14,6 +14,8 @@ from types import ModuleType
 # name -> module path. Add a line here for every new experiment.
 REGISTRY: dict[str, str] = {
     "quickstart": "experiments.quickstart",
+    "rec_arc": "experiments.rec_arc",
+    "barre": "experiments.barre",
 }
 
 
