@@ -31,9 +31,9 @@ torchattacks' ``APGD``/``APGDT`` copy):
   ``x_best`` the momentum term is ``x_best - x_k``, as in the official code;
 * the random start is ``x + eps * t / ||t||_inf`` with ``t ~ U[-1, 1]^d``
   (L-inf) or ``x + eps * t / ||t||_2`` with ``t ~ N(0, I)`` (L2), clipped;
-* the first loss increase of a checkpoint interval is counted against the loss
-  at the start point, as in the paper (the official code compares with an
-  unfilled buffer entry there).
+* whether the first iteration increased the loss is judged against the loss
+  at the random start, as in the paper (the official code compares with a
+  not yet filled buffer entry there).
 
 Returned point, per example: the most recent iterate that is misclassified if
 there is one (``argmax != y``, for the targeted losses too, as in the official
