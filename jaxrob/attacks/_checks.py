@@ -82,7 +82,8 @@ def inputs(x: Any, clip: tuple[float, float] | None) -> None:
     if clip is None or not _validate.is_concrete(x) or np.size(x) == 0:
         return
     xp = jnp if isinstance(x, jax.Array) else np  # reduce on device; move two scalars only
-    lo, hi = float(xp.min(x)), float(xp.max(x))
+    with jax.ensure_compile_time_eval():  # a concrete x closed over inside an outer jit
+        lo, hi = float(xp.min(x)), float(xp.max(x))
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise ValueError("x contains NaN or infinite values")
     if lo < clip[0] or hi > clip[1]:

@@ -140,3 +140,15 @@ def test_checks_run_under_an_outer_jit():
     assert f(X, 0.1).shape == X.shape
     with pytest.raises(ValueError, match="steps must be"):
         jax.jit(lambda x: pgd(_model, PARAMS, x, Y, key=KEY, eps=0.1, steps=0))(X)
+
+
+def test_concrete_inputs_closed_over_inside_an_outer_jit_are_checked_not_traced():
+    x = jnp.full((2, 4), 0.5)
+    y = jnp.array([0, 1])
+    attack = jax.jit(lambda w: pgd(lambda p, xx: xx @ p, w, x, y, key=jax.random.key(0),
+                                           eps=0.1, steps=2))
+    assert float(jnp.max(jnp.abs(attack(jnp.eye(4, 2)) - x))) <= 0.1 + 1e-6
+    bad = jnp.full((2, 4), 1.5)
+    with pytest.raises(ValueError, match="clip range"):
+        jax.jit(lambda w: pgd(lambda p, xx: xx @ p, w, bad, y, key=jax.random.key(0),
+                                      eps=0.1, steps=2))(jnp.eye(4, 2))
