@@ -167,10 +167,10 @@ def _randomized_model(module: nnx.Module, *, name: str) -> Model:
         nnx.replace_by_pure_dict(s, variables.get("batch_stats", {}))
         return nnx.merge(graphdef, p, s)
 
-    def apply_fn(variables: PyTree, x: jax.Array, *, key: jax.Array) -> jax.Array:
+    def apply_fn(variables: PyTree, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
         return merge(variables)(x, train=False, key=key)
 
-    def train_apply(variables: PyTree, x: jax.Array, *, key: jax.Array) -> tuple[jax.Array, PyTree]:
+    def train_apply(variables: PyTree, x: jax.Array, *, key: jax.Array | None = None) -> tuple[jax.Array, PyTree]:
         m = merge(variables)
         logits = m(x, train=True, key=key)
         return logits, nnx.to_pure_dict(nnx.split(m, nnx.BatchStat, ...)[1])
@@ -214,7 +214,8 @@ def noisy_resnet(*, key: jax.Array, depth: int = 20, width: int = 16, noise_scal
       A :class:`~jaxrob.models.Model` whose ``apply_fn(variables, x, *, key)``
       (eval mode) and ``train_apply(variables, x, *, key) -> (logits,
       batch_stats)`` both draw the noise from ``key``; use it with
-      ``randomized=True`` in :mod:`jaxrob.attacks`.
+      ``randomized=True`` in :mod:`jaxrob.attacks`. ``key`` may be omitted only
+      when ``noise_scale=0`` (a deterministic model usable as ``apply_fn(variables, x)``).
 
     References:
       Wang et al., NeurIPS 2019, arXiv:1811.10745. He et al., "Identity Mappings

@@ -120,8 +120,10 @@ def test_noisy_model_needs_a_key():
                                strides=(1, 2, 2), rngs=L.ParamKeys(jax.random.key(0)))
     with pytest.raises(ValueError, match="needs a PRNG key"):
         module(X)
-    with pytest.raises(TypeError):
-        net.apply_fn(net.variables, X)  # key is a required keyword argument
+    with pytest.raises(ValueError, match="needs a PRNG key"):
+        net.apply_fn(net.variables, X)
+    plain = _member(0, noise_scale=0.0)  # deterministic: usable without a key
+    assert jnp.array_equal(plain.apply_fn(plain.variables, X), plain.apply_fn(plain.variables, X, key=jax.random.key(1)))
 
 
 # --------------------------------------------------------------------------- the ensemble
@@ -222,7 +224,7 @@ def test_joint_pgd_training_through_the_randomized_ensemble_updates_every_member
     assert moved.shape == (2,) and np.all(moved > 0)
     assert np.isfinite(float(metrics["loss"]))
     # The attack needs the key: without randomized=True PGD would call apply_fn(params, x).
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match="needs a PRNG key"):
         train.make_train_step(en.apply_fn, en.train_apply, opt, train.pgd_at(0.1, steps=1), donate=False)(
             state, X, Y, jax.random.key(1))
 
