@@ -109,7 +109,7 @@ def test_rec_attack_fools_a_frozen_member_that_attacking_the_new_one_leaves_alon
     cannot move, but the REC attack moves towards the frozen member's errors."""
     frozen = _linear_params(1, scale=3.0)
     robust = {"w": np.zeros((6, 3), np.float32), "b": np.array([0.0, 0.1, 0.0], np.float32)}
-    x, y0 = _data(n=64)
+    x, _ = _data(n=64)
     y = jnp.argmax(linear(frozen, x), -1).astype(jnp.int32)  # the frozen member is right on clean data
     key = jax.random.key(0)
     x_rec = rec_adversary(linear, E.stack([frozen]), robust, x, y, key=key, eps=0.5, steps=10, init="zero")

@@ -8,7 +8,7 @@ import json
 import pytest
 
 import experiments
-from jaxrob import cli
+from jaxrob import cli, models
 
 TINY = ["train_examples=128", "epochs=1", "batch_size=64", "train_steps=2", "osp_examples=32",
         "osp_iterations=2", "osp_arc_steps=2", "eval_examples=32", "pgd_steps=2", "apgd_steps=3", "arc_steps=2"]
@@ -23,7 +23,10 @@ def test_presets_validate():
     from experiments import barre
     for name, config in barre.PRESETS.items():
         config.validate()
-    assert barre.PRESETS["paper"].model == "resnet20" and barre.PRESETS["paper"].num_members == 5
+    paper = barre.PRESETS["paper"]
+    assert paper.model == "resnet20" and paper.num_members == 5 and paper.dataset == "cifar10"
+    net = models.create_abstract(paper.model, num_classes=10, input_shape=(32, 32, 3))  # the paper's network builds
+    assert net.num_params() > 250_000
     with pytest.raises(ValueError, match="num_members must be >= 1"):
         dataclasses.replace(barre.PRESETS["small"], num_members=0).validate()
     with pytest.raises(ValueError, match="schedule must be one of"):
