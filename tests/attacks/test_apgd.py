@@ -89,19 +89,6 @@ def test_dlr_losses_match_definition_and_are_scale_shift_invariant():
     np.testing.assert_array_equal(np.asarray(dlr_loss(jnp.asarray(z), jnp.asarray(y))) > 0, z.argmax(1) != y)
 
 
-@pytest.mark.parametrize("norm,eps", [("linf", 0.05), ("l2", 1.0)])
-def test_result_in_ball_and_box(mnist_mlp, norm, eps):
-    m = mnist_mlp
-    x, y = m.x[:32], m.y[:32]
-    x_adv = apgd(m.apply_fn, m.params, x, y, key=KEY, eps=eps, steps=5, norm=norm)
-    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
-    assert _norms(x_adv - x, norm).max() <= eps * (1 + 1e-5)
-    assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
-    assert _fooled(m, x_adv, y).mean() > _fooled(m, x, y).mean()
-    # eps = 0 (same compile): nothing moves.
-    np.testing.assert_array_equal(apgd(m.apply_fn, m.params, x, y, key=KEY, eps=0.0, steps=5, norm=norm), x)
-
-
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_linear_model_closed_form(linear2, norm):
     """Binary linear model, no box: the minimal perturbation is margin / ||w_y - w_o||_dual.
@@ -126,30 +113,41 @@ def test_linear_model_closed_form(linear2, norm):
         assert (above @ w + b).argmax() != y[i]
 
 
-def test_at_least_as_strong_as_pgd(mnist_mlp):
+@pytest.mark.parametrize("norm,eps", [("linf", 0.05), ("l2", 0.5)])
+def test_in_ball_and_box_and_at_least_as_strong_as_pgd(mnist_mlp, norm, eps):
     m = mnist_mlp
-    for norm, eps in (("linf", 0.05), ("l2", 0.5)):
-        kw = dict(key=KEY, eps=eps, steps=10, norm=norm)
-        acc_apgd = 1 - _fooled(m, apgd(m.apply_fn, m.params, m.x, m.y, **kw), m.y).mean()
-        acc_pgd = 1 - _fooled(m, pgd(m.apply_fn, m.params, m.x, m.y, **kw), m.y).mean()
-        assert acc_apgd <= acc_pgd, (norm, acc_apgd, acc_pgd)
-        assert acc_apgd < 1 - _fooled(m, m.x, m.y).mean()
+    kw = dict(key=KEY, steps=10, norm=norm)  # the configuration shared with the next test
+    x_adv = apgd(m.apply_fn, m.params, m.x, m.y, eps=eps, **kw)
+    assert x_adv.shape == m.x.shape and x_adv.dtype == m.x.dtype
+    assert _norms(x_adv - m.x, norm).max() <= eps * (1 + 1e-5)
+    assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
+    acc_apgd = 1 - _fooled(m, x_adv, m.y).mean()
+    acc_pgd = 1 - _fooled(m, pgd(m.apply_fn, m.params, m.x, m.y, eps=eps, **kw), m.y).mean()
+    assert acc_apgd <= acc_pgd, (acc_apgd, acc_pgd)
+    assert acc_apgd < 1 - _fooled(m, m.x, m.y).mean() - 0.1
+    # eps = 0 (same compile): nothing moves.
+    np.testing.assert_array_equal(apgd(m.apply_fn, m.params, m.x, m.y, eps=0.0, **kw), m.x)
 
 
-def test_restarts_and_targets_never_weaker_and_keys(mnist_mlp):
-    """Restart 0 is the restarts=1 run and target 1 the n_target_classes=1 run, and a success is
-    kept: more restarts / targets can only fool more examples."""
+def test_restarts_never_weaker_and_keys(mnist_mlp):
+    """Restart 0 is the restarts=1 run and a success is kept: more restarts only fool more."""
     m = mnist_mlp
-    x, y = m.x[:64], m.y[:64]
-    kw = dict(key=KEY, eps=0.03, steps=5)
+    x, y = m.x, m.y
+    kw = dict(key=KEY, eps=0.03, steps=10)
     one = apgd(m.apply_fn, m.params, x, y, **kw)
     three = apgd(m.apply_fn, m.params, x, y, restarts=3, **kw)
     f1, f3 = _fooled(m, one, y), _fooled(m, three, y)
     assert f1.any() and np.all(f3[f1]) and f3.sum() >= f1.sum()
     np.testing.assert_array_equal(apgd(m.apply_fn, m.params, x, y, **kw), one)  # same key, same result
-    other = apgd(m.apply_fn, m.params, x, y, key=jax.random.key(1), eps=0.03, steps=5)
+    other = apgd(m.apply_fn, m.params, x, y, key=jax.random.key(1), eps=0.03, steps=10)
     assert not np.array_equal(np.asarray(other), np.asarray(one))
 
+
+def test_more_target_classes_never_weaker(mnist_mlp):
+    """Target 1 of n_target_classes=3 is the n_target_classes=1 run, and a success is kept."""
+    m = mnist_mlp
+    x, y = m.x, m.y
+    kw = dict(key=KEY, eps=0.03, steps=10)
     t1 = _fooled(m, apgd_targeted(m.apply_fn, m.params, x, y, n_target_classes=1, **kw), y)
     t3 = _fooled(m, apgd_targeted(m.apply_fn, m.params, x, y, n_target_classes=3, **kw), y)
     assert t1.any() and np.all(t3[t1]) and t3.sum() > t1.sum()
@@ -157,9 +155,9 @@ def test_restarts_and_targets_never_weaker_and_keys(mnist_mlp):
 
 def test_targeted_loss_reaches_targets(mnist_mlp):
     m = mnist_mlp
-    x, y = m.x[:64], m.y[:64]
+    x, y = m.x, m.y
     z = np.array(m.predict(m.params, x))
-    z[np.arange(64), y] = -np.inf
+    z[np.arange(len(y)), y] = -np.inf
     target = z.argmax(1)  # the runner-up class
     x_adv = apgd(m.apply_fn, m.params, x, y, key=KEY, eps=0.1, steps=10, loss="ce-targeted",
                  target=jnp.asarray(target))
@@ -185,7 +183,7 @@ def test_one_compile_for_two_calls(linear2):
     assert n > 0 and len(traces) == n
 
 
-def test_vmap_and_outer_jit_match_loop(linear2):
+def test_vmap_matches_loop(linear2):
     apply_fn, params = linear2
     rng = np.random.default_rng(3)
     xs = jnp.asarray(rng.uniform(0.2, 0.8, size=(3, 4, 2, 5, 2)), jnp.float32)
@@ -197,12 +195,11 @@ def test_vmap_and_outer_jit_match_loop(linear2):
     batched = jax.vmap(attack, in_axes=(0, 0, None))(xs, ys, 0.5)
     looped = jnp.stack([attack(xs[i], ys[i], 0.5) for i in range(3)])
     np.testing.assert_allclose(batched, looped, atol=1e-5)
-    np.testing.assert_allclose(jax.jit(attack)(xs[0], ys[0], 0.5), looped[0], atol=1e-5)
 
 
 def test_eot_plumbing(linear2):
     """A randomized model whose randomness cancels in the logits gives the deterministic result
-    (EOT over 2 identical draws averages exactly); a noisy one stays in the ball and is reproducible."""
+    (EOT over 2 identical draws averages exactly). Real randomness: test_autoattack's "rand" test."""
     apply_fn, params = linear2
     x = jnp.full((4, 2, 5, 2), 0.5) + jnp.linspace(-0.1, 0.1, 80).reshape(4, 2, 5, 2)
     y = jnp.array([0, 1, 1, 0])
@@ -215,12 +212,7 @@ def test_eot_plumbing(linear2):
     rnd = apgd(no_op_random, params, x, y, randomized=True, eot_samples=2, **kw)
     np.testing.assert_allclose(rnd, det, atol=1e-6)
 
-    def noisy(p, xx, *, key):
-        return apply_fn(p, xx) + jax.random.normal(key, (xx.shape[0], 2))
-
-    a = apgd(noisy, params, x, y, randomized=True, eot_samples=4, **kw)
-    assert _norms(a - x, "linf").max() <= 0.1 + 1e-6
-    np.testing.assert_array_equal(a, apgd(noisy, params, x, y, randomized=True, eot_samples=4, **kw))
+    assert _norms(rnd - x, "linf").max() <= 0.1 + 1e-6
 
 
 def test_argument_errors(linear2, mnist_mlp):
