@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--batch", type=int, default=250)
-    p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<device>-apgd_vs_torchattacks.json)")
+    p.add_argument("--out", default=None,
+                   help="JSON path (default benchmarks/results/<device>-apgd_vs_torchattacks.json)")
     p.add_argument("--jax-only", action="store_true", help="skip the torch side even if torch is installed")
     args = p.parse_args(argv)
 
