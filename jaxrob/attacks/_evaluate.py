@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from jaxrob import _validate
 
-from . import _checks, _pgd
+from . import _apgd, _checks, _pgd, _square
 
 PyTree = Any
 
@@ -24,7 +24,8 @@ def _fgsm_keyed(apply_fn, params, x, y, *, key, eps, **kwargs):
     return _pgd.fgsm(apply_fn, params, x, y, eps=eps, **kwargs)
 
 
-_ATTACKS: dict[str, Callable[..., jax.Array]] = {"pgd": _pgd.pgd, "fgsm": _fgsm_keyed}
+_ATTACKS: dict[str, Callable[..., jax.Array]] = {"pgd": _pgd.pgd, "fgsm": _fgsm_keyed, "apgd": _apgd.apgd,
+                                                  "square": _square.square}
 
 
 def _correct(apply_fn, params, x, y, key, transform, randomized):
@@ -181,7 +182,7 @@ def robust_accuracy(apply_fn: Callable[..., jax.Array], params: PyTree, x: jax.t
       y: ``(N,)`` integer labels.
       epsilons: radii ``>= 0``.
       key: typed PRNG key; batch ``i`` and radius ``j`` use fold-ins of it.
-      attack: ``"pgd"``, ``"fgsm"`` or a callable
+      attack: ``"pgd"``, ``"fgsm"``, ``"apgd"``, ``"square"`` or a callable
         ``attack(apply_fn, params, x, y, *, key, eps, **attack_kwargs) -> x_adv``.
       batch_size: examples per attack call.
       progress: show a tqdm progress bar with the running accuracy at the

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxrob import attacks
 from jaxrob.attacks import accuracy, fgsm, pgd, robust_accuracy
 
 KEY = jax.random.key(0)
@@ -185,3 +186,21 @@ print("OK")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+
+
+@pytest.mark.parametrize("name", ["apgd", "square"])
+def test_robust_accuracy_runs_apgd_and_square_by_name(name):
+    """The named attacks are the public functions: same keys, same verdicts as calling them directly."""
+    apply_fn = lambda p, x: x.reshape(x.shape[0], -1) @ p  # noqa: E731
+    r = np.random.default_rng(0)
+    w = jnp.asarray(r.normal(size=(16, 3)), jnp.float32)
+    x = jnp.asarray(r.uniform(size=(12, 4, 4, 1)), jnp.float32)
+    y = jnp.argmax(apply_fn(w, x), -1)
+    kwargs = {"steps": 10} if name == "apgd" else {"queries": 50}
+    key = jax.random.key(1)
+    got = robust_accuracy(apply_fn, w, x, y, epsilons=[0.1], key=key, attack=name, progress=False, **kwargs)
+    fn = {"apgd": attacks.apgd, "square": attacks.square}[name]
+    k_attack, _ = jax.random.split(jax.random.fold_in(jax.random.fold_in(key, 1), 0))
+    x_adv = fn(apply_fn, w, x, y, key=k_attack, eps=0.1, **kwargs)
+    assert got[0.1] == pytest.approx(float(jnp.mean(jnp.argmax(apply_fn(w, x_adv), -1) == y)))
+    assert got[0.1] < 1.0
