@@ -126,8 +126,8 @@ class Config:
     eval_init: str = "uniform"
     eval_eot: int = 4
     apgd_steps: int = 20
-    eval_examples: int = 500
-    eval_batch_size: int = 250
+    eval_examples: int = 200
+    eval_batch_size: int = 200
     train_examples: int = 0
     seed: int = 0
 
@@ -164,7 +164,7 @@ class Config:
 
 PRESETS = {
     # CPU minutes: embedded 8k/2k MNIST split; En2ResNet8 (width 8) vs ResNet14 (width 8), one epoch of
-    # PGD-3 adversarial training at eps 0.1 (Adam, cosine); evaluation at eps 0.1 on 500 test digits with
+    # PGD-3 adversarial training at eps 0.1 (Adam, cosine); evaluation at eps 0.1 on 200 test digits with
     # PGD-20 (step 0.01, random start), PGD-20 + EOT-4 and APGD-CE-20 + EOT-4.
     "small": Config(),
     # The paper's CIFAR-10 setting (BaoWangMath/EnResNet main_pgd_enresnet5_20.py with 2 members):
