@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from experiments import REGISTRY
 from jaxrob import cli
 
 TINY = ["epochs=1", "batch_size=100", "train_examples=300", "train_steps=1", "eval_steps=2",
@@ -17,11 +18,11 @@ TINY = ["epochs=1", "batch_size=100", "train_examples=300", "train_steps=1", "ev
 def test_list_names_every_experiment(capsys):
     assert cli.main(["list"]) == 0
     out = capsys.readouterr().out
-    assert "quickstart" in out and "presets: small, paper" in out
+    assert all(name in out for name in REGISTRY) and "presets: small, paper" in out
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["run", "nope"], "unknown experiment 'nope'; known experiments: quickstart"),
+    (["run", "nope"], "unknown experiment 'nope'; known experiments: " + ", ".join(sorted(REGISTRY))),
     (["run", "quickstart", "--preset", "huge"], "no preset 'huge'; presets: small, paper"),
     (["run", "quickstart", "--set", "epoch=3"], "unknown config key 'epoch'"),
     (["run", "quickstart", "--set", "epochs=three"], "--set epochs: expected int, got 'three'"),
