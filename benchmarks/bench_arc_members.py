@@ -143,8 +143,8 @@ def bench(model_name: str, members: list[int], batch: int, steps: int, repeats: 
         stacked = ensembles.stack(plist)
         alpha = jnp.full((m,), 1.0 / m, jnp.float32)
         fns = {
-            "arc": lambda: arc(base.apply_fn, stacked, x, y, alpha=alpha, eps=s["eps"],
-                               steps=steps).block_until_ready(),
+            "arc": lambda: arc(ensembles.Members(base.apply_fn, unroll=False), stacked, x, y, alpha=alpha,
+                               eps=s["eps"], steps=steps).block_until_ready(),
             "loop_jit": lambda: loop_jit(base.apply_fn, plist, x, y, alpha, eps=s["eps"],
                                          steps=steps).block_until_ready(),
             "loop_host": lambda: host(plist, x, y, alpha, steps).block_until_ready(),

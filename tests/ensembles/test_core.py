@@ -53,18 +53,27 @@ def test_stack_rejects_mismatched_members():
         E.stack([])
 
 
-def test_vmap_over_members_equals_per_member_loop_on_a_real_model():
-    ms = [models.create("mlp", key=jax.random.key(i)) for i in range(3)]
+@pytest.mark.parametrize("unroll", [False, True, None])
+def test_vmap_over_members_equals_per_member_loop_on_a_real_model(unroll):
+    ms = [models.create("cnn_small", key=jax.random.key(i)) for i in range(3)]
     x = jnp.asarray(np.random.default_rng(1).uniform(size=(5, 28, 28, 1)), jnp.float32)
-    out = E.Members(ms[0].apply_fn)(E.stack([m.variables for m in ms]), x)
+    members = E.Members(ms[0].apply_fn, unroll=unroll)
+    out = jax.jit(members)(E.stack([m.variables for m in ms]), x)
     loop = jnp.stack([m.apply_fn(m.variables, x) for m in ms])
     np.testing.assert_allclose(out, loop, rtol=1e-5, atol=1e-5)
 
 
+def test_unroll_must_be_a_bool_or_none():
+    with pytest.raises(TypeError, match="unroll"):
+        E.Members(linear, unroll="yes")
+
+
 def test_heterogeneous_groups_concatenate_in_group_order():
     lin, quad = [_linear_params(i) for i in range(2)], [_quad_params(i) for i in range(3)]
-    members = E.Members(linear, quadratic)
+    members = E.Members(linear, quadratic, unroll=False)
     out = members((E.stack(lin), E.stack(quad)), X)
+    unrolled = E.Members(linear, quadratic, unroll=True)((E.stack(lin), E.stack(quad)), X)
+    np.testing.assert_allclose(unrolled, out, rtol=1e-6, atol=1e-6)
     loop = jnp.stack([linear(p, X) for p in lin] + [quadratic(p, X) for p in quad])
     assert members.num_members((E.stack(lin), E.stack(quad))) == 5
     np.testing.assert_allclose(out, loop, rtol=1e-6, atol=1e-6)
