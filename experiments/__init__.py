@@ -16,6 +16,7 @@ REGISTRY: dict[str, str] = {
     "quickstart": "experiments.quickstart",
     "rec_arc": "experiments.rec_arc",
     "barre": "experiments.barre",
+    "enresnet": "experiments.enresnet",
 }
 
 

@@ -20,12 +20,12 @@
 from ._core import (Averaged, Members, Sampled, as_members, average, check_alpha, expected_correct,
                     member_logits, num_members, project_simplex, rec_sample, stack, unstack)
 from ._barre import AlphaSearch, barre_fit, barre_loss, mce, optimal_alpha, rec_adversary
-from ._enresnet import (NoisyPreActResNet, RandomizedAveraged, RandomizedTrainApply, enresnet, inject_noise,
+from ._enresnet import (NOISE_STD, NoisyPreActResNet, RandomizedAveraged, RandomizedTrainApply, enresnet, inject_noise,
                         noisy_resnet, randomized_average, randomized_train_apply)
 from ._rec import OBJECTIVES, expected_ce, rec_accuracy, rec_pgd, rec_robust_accuracy, rec_sampled_accuracy
 
 __all__ = [
-    "AlphaSearch", "NoisyPreActResNet", "RandomizedAveraged", "RandomizedTrainApply", "barre_fit",
+    "AlphaSearch", "NOISE_STD", "NoisyPreActResNet", "RandomizedAveraged", "RandomizedTrainApply", "barre_fit",
     "barre_loss", "enresnet", "inject_noise", "mce", "noisy_resnet", "optimal_alpha",
     "randomized_average", "randomized_train_apply", "rec_adversary",
     "OBJECTIVES", "Averaged", "Members", "Sampled", "as_members", "average", "check_alpha", "expected_ce",

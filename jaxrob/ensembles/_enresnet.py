@@ -256,17 +256,6 @@ class _Keyed:
         return self.apply_fn(params, x, key=key)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Unrolled:
-    """``Members`` of one architecture evaluated by an unrolled loop over the member axis (same result)."""
-
-    apply_fn: Callable[..., jax.Array]
-
-    def __call__(self, params: PyTree, x: jax.Array) -> jax.Array:
-        return jnp.stack([self.apply_fn(jax.tree.map(lambda a, i=i: a[i], params), x)
-                          for i in range(num_members(params))])
-
-
 def _resolve_unroll(unroll: bool | None) -> bool:
     if unroll is None:
         # XLA:CPU lowers a convolution whose kernel is batched by vmap to a grouped convolution that
@@ -327,7 +316,9 @@ def randomized_average(apply_fn: Callable[..., jax.Array], *, over: str = "logit
         raise TypeError(f"apply_fn must be callable as apply_fn(params, x, *, key), got {apply_fn!r}")
     _validate.choice("over", over, _OVER)
     keyed = _Keyed(apply_fn)
-    return RandomizedAveraged(Averaged(_Unrolled(keyed) if _resolve_unroll(unroll) else Members(keyed), over))
+    if unroll is not None and not isinstance(unroll, bool):
+        raise TypeError(f"unroll must be a bool or None (automatic: unrolled on CPU only), got {unroll!r}")
+    return RandomizedAveraged(Averaged(Members(keyed, unroll=unroll), over))
 
 
 @dataclasses.dataclass(frozen=True)

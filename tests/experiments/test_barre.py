@@ -15,8 +15,8 @@ TINY = ["train_examples=128", "epochs=1", "batch_size=64", "train_steps=2", "osp
 
 
 @pytest.fixture
-def registered(monkeypatch):
-    monkeypatch.setitem(experiments.REGISTRY, "barre", "experiments.barre")
+def registered():
+    assert experiments.REGISTRY["barre"] == "experiments." + "barre"  # `jaxrob run` finds it
 
 
 def test_presets_validate():

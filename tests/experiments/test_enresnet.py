@@ -52,8 +52,8 @@ def test_evaluation_predicts_with_fresh_noise():
     assert again == results[0]
 
 
-def test_tiny_run_writes_results(tmp_path, monkeypatch):
-    monkeypatch.setitem(experiments.REGISTRY, exp.NAME, "experiments.enresnet")
+def test_tiny_run_writes_results(tmp_path):
+    assert experiments.REGISTRY[exp.NAME] == "experiments.enresnet"  # `jaxrob run` finds it
     run_dir, results = cli.run_experiment(exp.NAME, overrides=TINY, out=tmp_path, progress=False)
     for name in ("config.json", "results.json", "results.md", "log.txt"):
         assert (run_dir / name).is_file(), name

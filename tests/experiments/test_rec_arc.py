@@ -16,8 +16,8 @@ TINY = ["train_examples=256", "epochs=1", "batch_size=64", "train_steps=1", "eps
 
 
 @pytest.fixture
-def registered(monkeypatch):
-    monkeypatch.setitem(experiments.REGISTRY, rec_arc.NAME, "experiments.rec_arc")
+def registered():
+    assert experiments.REGISTRY[rec_arc.NAME] == "experiments." + rec_arc.NAME  # `jaxrob run` finds it
 
 
 def test_tiny_run_writes_results_with_every_row(registered, tmp_path):
