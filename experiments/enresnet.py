@@ -21,7 +21,7 @@ its EOT columns repeat the plain attacks.
 
 Run it:
 
-    jaxrob run enresnet                    # preset small: embedded mnist10k, ~5 min on 2 CPU cores
+    jaxrob run enresnet                    # preset small: embedded mnist10k, 7 min 07 s on the idle 2-core CPU
     jaxrob run enresnet --preset paper     # CIFAR-10 via TFDS, En2ResNet20 vs ResNet44, PGD-AT eps 0.031
 
 Outputs in ``runs/enresnet/<timestamp>/``: ``results.md`` (the table),
