@@ -12,12 +12,15 @@ def test_readme_tour_runs():
     text = README.read_text()
     tour = text[text.index("## A short tour"):text.index("## What is in the box")]
     blocks = re.findall(r"```python\n(.*?)```", tour, flags=re.S)
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     ns: dict = {}
     for block in blocks:
         exec(compile(block, str(README), "exec"), ns)
     acc = ns["acc"]
     assert set(acc) == {0.0, 0.1} and acc[0.1] <= acc[0.0]
     assert acc[0.0] > 0.8  # one epoch of PGD-AT on 8,000 digits already classifies well
-    for x_adv in (ns["x_adv"],):
+    rec = ns["rec_acc"]
+    assert rec["arc"] <= rec["clean"] and rec["pgd"] <= rec["clean"]  # ARC never raises the REC's accuracy
+    assert rec["worst"] <= min(rec["arc"], rec["pgd"]) + 1e-6
+    for x_adv in (ns["x_adv"], ns["x_pgd"], ns["x_arc"]):
         assert np.max(np.abs(np.asarray(x_adv) - np.asarray(ns["x_test"]))) <= 0.1 + 1e-6
