@@ -269,6 +269,40 @@ def _eps_str(eps: float) -> str:
     return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 and eps < 1 and round(k) > 0 else f"{eps:.4g}"
 
 
+def cnn_small_setup(benchmark: str, n: int, *, jax_only: bool, train_steps: int) -> dict[str, Any]:
+    """The common start of the attack peer benchmarks on ``cnn_small``.
+
+    Imports torch/torchattacks (unless ``jax_only``, or JAX is on a GPU torch
+    cannot use), trains ``cnn_small`` for ``train_steps`` Adam steps on the
+    mnist10k train split (:func:`train_briefly`) and takes the first ``n`` test
+    digits. Returns a dict with ``torch``, ``torchattacks``, ``res`` (the
+    results record so far), ``model``, ``variables``, ``x_test``, ``y_test`` and
+    ``lj`` (jaxrob's clean logits).
+    """
+    torch, torchattacks = (None, None) if jax_only else C.import_torch()
+    if torch is not None:
+        if jax.devices()[0].platform == "gpu" and not torch.cuda.is_available():
+            print("[torch side skipped: JAX runs on a GPU that torch cannot use]", file=sys.stderr)
+            torch = torchattacks = None
+        else:
+            torch.set_num_threads(C.cores())
+    res: dict[str, Any] = {"benchmark": benchmark, "environment": C.environment(torch)}
+    x_train, y_train, source = C.mnist10k("train")
+    x_test, y_test, test_source = C.mnist10k("test")
+    x_test, y_test = x_test[:n], y_test[:n]
+    print(f"== cnn_small: training {train_steps} steps on {source} ...", flush=True)
+    model = models.create("cnn_small", num_classes=10, key=jax.random.key(0))
+    variables, train_s = train_briefly(model, x_train, y_train, steps=train_steps, key=jax.random.key(1))
+    lj = jax_logits(model.apply_fn, variables, x_test)
+    res.update({"model": "cnn_small", "params": models.count_params(variables["params"]), "train_data": source,
+                "eval_data": f"first {n} of {test_source}",
+                "train": {"steps": train_steps, "batch": 128, "optimizer": "adam(1e-3)", "seconds": train_s},
+                "clean_accuracy_jaxrob": float(np.mean(lj.argmax(1) == y_test))})
+    print(f"   trained in {train_s:.1f}s; clean accuracy {res['clean_accuracy_jaxrob']:.4f}", flush=True)
+    return {"torch": torch, "torchattacks": torchattacks, "res": res, "model": model, "variables": variables,
+            "x_test": x_test, "y_test": y_test, "lj": lj}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer examples and timing repeats")

@@ -47,10 +47,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
-from bench_pgd_vs_torchattacks import (compare_logits, jax_logits, torch_logits,  # noqa: E402
-                                       train_briefly)
+from bench_pgd_vs_torchattacks import cnn_small_setup, compare_logits, jax_logits, torch_logits  # noqa: E402
 
-from jaxrob import models  # noqa: E402
 from jaxrob.attacks._square import square  # noqa: E402
 
 TRAIN_STEPS = 125
@@ -143,27 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jax-only", action="store_true", help="skip the torch side even if torch is installed")
     args = p.parse_args(argv)
 
-    torch, torchattacks = (None, None) if args.jax_only else C.import_torch()
-    if torch is not None:
-        if jax.devices()[0].platform == "gpu" and not torch.cuda.is_available():
-            print("[torch side skipped: JAX runs on a GPU that torch cannot use]", file=sys.stderr)
-            torch = torchattacks = None
-        else:
-            torch.set_num_threads(C.cores())
-    res: dict[str, Any] = {"benchmark": "square_vs_torchattacks", "environment": C.environment(torch)}
-
-    x_train, y_train, source = C.mnist10k("train")
-    x_test, y_test, test_source = C.mnist10k("test")
-    x_test, y_test = x_test[:args.n], y_test[:args.n]
-    print(f"== cnn_small: training {TRAIN_STEPS} steps on {source} ...", flush=True)
-    model = models.create("cnn_small", num_classes=10, key=jax.random.key(0))
-    variables, train_s = train_briefly(model, x_train, y_train, steps=TRAIN_STEPS, key=jax.random.key(1))
-    lj = jax_logits(model.apply_fn, variables, x_test)
-    res.update({"model": "cnn_small", "params": models.count_params(variables["params"]), "train_data": source,
-                "eval_data": f"first {args.n} of {test_source}",
-                "train": {"steps": TRAIN_STEPS, "batch": 128, "optimizer": "adam(1e-3)", "seconds": train_s},
-                "clean_accuracy_jaxrob": float(np.mean(lj.argmax(1) == y_test))})
-    print(f"   trained in {train_s:.1f}s; clean accuracy {res['clean_accuracy_jaxrob']:.4f}", flush=True)
+    setup = cnn_small_setup("square_vs_torchattacks", args.n, jax_only=args.jax_only, train_steps=TRAIN_STEPS)
+    torch, torchattacks, res = setup["torch"], setup["torchattacks"], setup["res"]
+    model, variables, lj = setup["model"], setup["variables"], setup["lj"]
+    x_test, y_test = setup["x_test"], setup["y_test"]
 
     net = lt = device = None
     checks: dict[str, bool] = {}

@@ -45,10 +45,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments._common import load_splits
 from jaxrob import _io, _validate, data, ensembles, models, train
-from jaxrob.attacks._apgd import apgd
-from jaxrob.attacks._arc import arc
-from jaxrob.ensembles._barre import barre_fit, optimal_alpha
+from jaxrob.attacks import apgd, arc
+from jaxrob.ensembles import barre_fit, optimal_alpha
 
 NAME = "barre"
 DESCRIPTION = "BARRE vs independently adversarially trained randomized ensembles, under ARC and APGD"
@@ -224,16 +224,7 @@ def _evaluate(config: Config, members, params, alpha, x, y, key, progress: bool)
 def run(config: Config, ctx) -> dict:
     """Trains both ensembles, searches BARRE's alpha, evaluates and writes ``results.md`` into ``ctx.run_dir``."""
     log = ctx.log
-    train_ds = data.load(config.dataset, split="train", data_dir=config.data_dir)
-    test_ds = data.load(config.dataset, split="test", data_dir=config.data_dir)
-    if not train_ds.in_memory:
-        train_ds, test_ds = data.to_memory(train_ds), data.to_memory(test_ds)
-    if config.train_examples:
-        n = min(config.train_examples, len(train_ds))
-        train_ds = data.from_arrays(train_ds.images[:n], train_ds.labels[:n], num_classes=train_ds.num_classes,
-                                    name=train_ds.name, split=f"train[:{n}]")
-        if config.batch_size > n:
-            raise ValueError(f"batch_size {config.batch_size} is larger than the {n} training examples")
+    train_ds, test_ds = load_splits(config)
     x_test, y_test = data.as_arrays(test_ds, limit=config.eval_examples or None)
     x_osp, y_osp = data.as_arrays(train_ds, limit=config.osp_examples)
     log.info(f"data: {config.dataset} train {len(train_ds)}, alpha search on {len(y_osp)} training examples, "

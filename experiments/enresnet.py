@@ -51,10 +51,10 @@ import time
 from typing import Any
 
 import jax
-import numpy as np
 
+from experiments._common import load_splits
 from jaxrob import _io, _validate, attacks, data, train
-from jaxrob.ensembles._enresnet import NOISE_STD, enresnet, noisy_resnet
+from jaxrob.ensembles import NOISE_STD, enresnet, noisy_resnet
 
 NAME = "enresnet"
 DESCRIPTION = "EnResNet (jointly PGD-trained noisy ResNet ensemble) vs a plain ResNet of its size; PGD/APGD with EOT"
@@ -279,16 +279,7 @@ def _markdown(config: Config, rows: dict[str, dict[str, Any]], n_eval: int) -> s
 def run(config: Config, ctx) -> dict:
     """Trains both models, evaluates them and writes ``results.md`` into ``ctx.run_dir``."""
     log = ctx.log
-    train_ds = data.load(config.dataset, split="train", data_dir=config.data_dir)
-    test_ds = data.load(config.dataset, split="test", data_dir=config.data_dir)
-    if not train_ds.in_memory:
-        train_ds, test_ds = data.to_memory(train_ds), data.to_memory(test_ds)
-    if config.train_examples:
-        n = min(config.train_examples, len(train_ds))
-        train_ds = data.from_arrays(train_ds.images[:n], train_ds.labels[:n], num_classes=train_ds.num_classes,
-                                    name=train_ds.name, split=f"train[:{n}]")
-    if config.batch_size > len(train_ds):
-        raise ValueError(f"batch_size {config.batch_size} is larger than the {len(train_ds)} training examples")
+    train_ds, test_ds = load_splits(config)
     x_test, y_test = data.as_arrays(test_ds, limit=config.eval_examples or None)
     log.info(f"data: {config.dataset} train {len(train_ds)}, evaluating on {len(y_test)} test examples")
 

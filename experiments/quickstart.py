@@ -27,6 +27,7 @@ import time
 import jax
 import numpy as np
 
+from experiments._common import load_splits
 from jaxrob import _io, _validate, attacks, data, models, train
 
 NAME = "quickstart"
@@ -148,16 +149,7 @@ def _plot(config: Config, rows: dict[str, dict[float, float]], path) -> None:
 def run(config: Config, ctx) -> dict:
     """Trains both models, evaluates them and writes the tables and plot into ``ctx.run_dir``."""
     log = ctx.log
-    train_ds = data.load(config.dataset, split="train", data_dir=config.data_dir)
-    test_ds = data.load(config.dataset, split="test", data_dir=config.data_dir)
-    if not train_ds.in_memory:
-        train_ds, test_ds = data.to_memory(train_ds), data.to_memory(test_ds)
-    if config.train_examples:
-        n = min(config.train_examples, len(train_ds))
-        train_ds = data.from_arrays(train_ds.images[:n], train_ds.labels[:n], num_classes=train_ds.num_classes,
-                                    name=train_ds.name, split=f"train[:{n}]")
-        if config.batch_size > n:
-            raise ValueError(f"batch_size {config.batch_size} is larger than the {n} training examples")
+    train_ds, test_ds = load_splits(config)
     x_test, y_test = data.as_arrays(test_ds, limit=config.eval_examples or None)
     log.info(f"data: {config.dataset} train {len(train_ds)}, evaluating on {len(y_test)} test examples")
 

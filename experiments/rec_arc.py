@@ -49,9 +49,9 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from experiments._common import load_splits
 from jaxrob import _io, _validate, data, ensembles, models, train
-from jaxrob.attacks._arc import arc
-from jaxrob.attacks._pgd import pgd
+from jaxrob.attacks import arc, pgd
 
 try:  # written alongside this experiment; the row is skipped where it is missing
     from jaxrob.attacks._apgd import apgd
@@ -302,16 +302,7 @@ def _markdown(config: Config, rows, per_seed: dict[str, list[float]], n_eval: in
 def run(config: Config, ctx) -> dict:
     """Trains the members for every seed, attacks the REC, and writes ``results.md`` into ``ctx.run_dir``."""
     log = ctx.log
-    train_ds = data.load(config.dataset, split="train", data_dir=config.data_dir)
-    test_ds = data.load(config.dataset, split="test", data_dir=config.data_dir)
-    if not train_ds.in_memory:
-        train_ds, test_ds = data.to_memory(train_ds), data.to_memory(test_ds)
-    if config.train_examples:
-        n = min(config.train_examples, len(train_ds))
-        train_ds = data.from_arrays(train_ds.images[:n], train_ds.labels[:n], num_classes=train_ds.num_classes,
-                                    name=train_ds.name, split=f"train[:{n}]")
-        if config.batch_size > n:
-            raise ValueError(f"batch_size {config.batch_size} is larger than the {n} training examples")
+    train_ds, test_ds = load_splits(config)
     x, y = data.as_arrays(test_ds, limit=config.eval_examples or None)
     x, y = jnp.asarray(x), jnp.asarray(y)
     log.info(f"data: {config.dataset} train {len(train_ds)}, evaluating on {len(y)} test examples")

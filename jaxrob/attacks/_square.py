@@ -17,7 +17,6 @@ and shapes; ``eps``, ``params``, ``x``, ``y`` and ``key`` are traced.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, NamedTuple
 
 import jax
