@@ -46,7 +46,6 @@ References:
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import time
 from typing import Any
 
@@ -180,14 +179,6 @@ PRESETS = {
 }
 
 
-def _apgd():
-    """``jaxrob.attacks._apgd.apgd`` if that module is present, else ``None`` (the row is skipped)."""
-    if importlib.util.find_spec("jaxrob.attacks._apgd") is None:
-        return None
-    from jaxrob.attacks._apgd import apgd
-    return apgd
-
-
 def _decay_everything(params):
     """Weight decay on every parameter, as ``torch.optim.SGD(weight_decay=...)`` in the reference code
     (and the same rule for stacked ensemble parameters, whose biases are 2-D)."""
@@ -232,10 +223,9 @@ def evaluate(apply_fn, variables, x, y, *, randomized: bool, config: Config, key
 
     out["pgd"] = robust(1, "pgd", **pgd_kwargs)
     out["pgd_eot"] = robust(2, "pgd", eot_samples=config.eval_eot, **pgd_kwargs) if randomized else out["pgd"]
-    apgd = _apgd()
-    if apgd is not None and config.apgd_steps:
+    if config.apgd_steps:
         eot = config.eval_eot if randomized else 1
-        out["apgd_eot"] = robust(3, apgd, steps=config.apgd_steps, loss="ce", eot_samples=eot, randomized=randomized)
+        out["apgd_eot"] = robust(3, attacks.apgd, steps=config.apgd_steps, loss="ce", eot_samples=eot, randomized=randomized)
     return out
 
 

@@ -51,12 +51,7 @@ from tqdm.auto import tqdm
 
 from experiments._common import load_splits
 from jaxrob import _io, _validate, data, ensembles, models, train
-from jaxrob.attacks import arc, pgd
-
-try:  # written alongside this experiment; the row is skipped where it is missing
-    from jaxrob.attacks._apgd import apgd
-except ImportError:  # pragma: no cover
-    apgd = None
+from jaxrob.attacks import apgd, arc, pgd
 
 NAME = "rec_arc"
 DESCRIPTION = "REC of two PGD-AT models (alpha 0.9/0.1): ARC vs adaptive PGD / APGD, exact expected accuracy"
@@ -189,7 +184,7 @@ def _rows(config: Config) -> list[tuple[str, str]]:
             ("rec_clean", "REC, clean")]
     for o in config.pgd_objectives:
         rows.append((f"rec_pgd_{o}", f"REC, adaptive PGD-{k} ({o.replace('_', ' ')})"))
-    if config.apgd_steps and apgd is not None:
+    if config.apgd_steps:
         rows.append(("rec_apgd", f"REC, APGD-{config.apgd_steps} (CE of the expected softmax)"))
     eta = config.arc_step_size or s
     lite = "" if config.arc_top_g is None else f", lite g={config.arc_top_g}"
@@ -238,7 +233,7 @@ def _evaluate(config: Config, apply_fn, params, x, y, key, ctx) -> dict[str, flo
             attack=lambda xb, yb, k, o=o: ensembles.rec_pgd(members, params, xb, yb, alpha=alpha, key=k, eps=eps,
                                                             steps=config.pgd_steps, step_size=pgd_step, norm=norm,
                                                             objective=o), **kw)
-    if config.apgd_steps and apgd is not None:
+    if config.apgd_steps:
         avg = ensembles.average(members, over="probs", weighted=True)
         out["rec_apgd"] = ensembles.rec_robust_accuracy(
             members, params, x, y, alpha=alpha,
@@ -307,8 +302,6 @@ def run(config: Config, ctx) -> dict:
     x, y = jnp.asarray(x), jnp.asarray(y)
     log.info(f"data: {config.dataset} train {len(train_ds)}, evaluating on {len(y)} test examples")
     mesh = train.make_mesh() if jax.device_count() > 1 and config.batch_size % jax.device_count() == 0 else None
-    if apgd is None and config.apgd_steps:
-        log.info("jaxrob.attacks._apgd is not available: the APGD row is skipped")
     rows = _rows(config)
     per_seed: dict[str, list[float]] = {k: [] for k, _ in rows}
     seconds, histories = [], {}
