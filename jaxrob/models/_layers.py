@@ -205,19 +205,27 @@ class Classifier(nnx.Module):
       mean, std: per-channel normalisation constants (tuples of length ``C``).
       dtype: computation dtype (``None`` = float32); parameters are always float32 and
         logits at least float32.
+      activation: the elementwise nonlinearity used everywhere the architecture has
+        its ReLU (``default_activation``: ReLU, ReLU6 for MobileNetV2).  A static
+        attribute (part of the NNX graph definition, not of the state), so
+        ``nnx.split`` and the ``variables`` pytree do not depend on it.
     """
 
     #: Whether the architecture needs exactly ``input_shape[:2]`` (it flattens
     #: feature maps); global-pooling models accept any spatial size.
     fixed_spatial_size: bool = False
+    #: The nonlinearity used when ``activation`` is not given.
+    default_activation: Callable[[jax.Array], jax.Array] = staticmethod(jax.nn.relu)
 
     def __init__(self, *, input_shape: tuple[int, int, int], num_classes: int,
-                 mean: Sequence[float], std: Sequence[float], dtype=None):
+                 mean: Sequence[float], std: Sequence[float], dtype=None,
+                 activation: Callable[[jax.Array], jax.Array] | None = None):
         self.input_shape = tuple(int(d) for d in input_shape)
         self.num_classes = int(num_classes)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         self.dtype = dtype
+        self.activation = check_activation(activation, type(self).default_activation)
 
     def __call__(self, x: jax.Array, *, train: bool = False, key: jax.Array | None = None) -> jax.Array:
         """Logits for images ``x``.
@@ -260,6 +268,17 @@ class Classifier(nnx.Module):
             want = f"(H, W, C) = {self.input_shape}" if self.fixed_spatial_size else f"C = {c} channels"
             raise ValueError(f"{name} was built for {want}, got x of shape {x.shape} "
                              "(inputs are NHWC)")
+
+
+def check_activation(activation, default: Callable[[jax.Array], jax.Array]) -> Callable[[jax.Array], jax.Array]:
+    """``default`` when ``activation`` is None, else ``activation`` after checking it is callable."""
+    if activation is None:
+        return default
+    if not callable(activation):
+        raise TypeError("activation must be a callable array -> array (e.g. jax.nn.relu or an activation "
+                        f"quantizer such as lambda x: dorefa_activations(x, bits=4)), got {activation!r} "
+                        f"of type {type(activation).__name__}")
+    return activation
 
 
 def check_shape_at_least(name: str, input_shape: tuple[int, int, int], minimum: int, why: str) -> None:

@@ -22,7 +22,9 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 class _InvertedResidual(nnx.Module):
     """Expand (1x1, ReLU6) -> depthwise 3x3 (ReLU6) -> linear project (1x1), residual if shapes match."""
 
-    def __init__(self, cin: int, cout: int, stride: int, expansion: int, *, dtype, rngs: L.Rngs):
+    def __init__(self, cin: int, cout: int, stride: int, expansion: int, *, dtype, rngs: L.Rngs,
+                 activation=jax.nn.relu6):
+        self.activation = activation
         hidden = cin * expansion
         if expansion != 1:
             self.expand = L.conv(cin, hidden, 1, dtype=dtype, rngs=rngs)
@@ -39,8 +41,8 @@ class _InvertedResidual(nnx.Module):
         avg = not train
         y = x
         if self.expand is not None:
-            y = jax.nn.relu6(self.bn0(self.expand(y), use_running_average=avg))
-        y = jax.nn.relu6(self.bn1(self.depthwise(y), use_running_average=avg))
+            y = self.activation(self.bn0(self.expand(y), use_running_average=avg))
+        y = self.activation(self.bn1(self.depthwise(y), use_running_average=avg))
         y = self.bn2(self.project(y), use_running_average=avg)
         return x + y if self.residual else y
 
@@ -56,7 +58,7 @@ class MobileNetV2(L.Classifier):
     32 -> 16 -> 8 -> 4 only.  Channel counts are ``make_divisible(c * width_mult, 8)``;
     the last 1x1 convolution keeps 1280 channels for ``width_mult <= 1`` (scaled up
     otherwise), as in the paper.  Head: global average pool -> dropout (rate
-    ``dropout``, default 0) -> linear.  At width 1.0 and 10 classes this has 2,236,682
+    ``dropout``, default 0) -> linear.  ``activation`` (default ReLU6) replaces every ReLU6.  At width 1.0 and 10 classes this has 2,236,682
     parameters.  Convolutions use He-normal fan-out init.
 
     Parameters: ``stem``, ``stem_bn``, ``blocks/{i}/{[expand,bn0,]depthwise,bn1,project,bn2}``,
@@ -67,9 +69,12 @@ class MobileNetV2(L.Classifier):
       Zhmoginov & Chen, CVPR 2018, arXiv:1801.04381.
     """
 
+    default_activation = staticmethod(jax.nn.relu6)
+
     def __init__(self, *, input_shape, num_classes, mean, std, dtype=None, width_mult: float = 1.0,
-                 dropout: float = 0.0, rngs: L.Rngs):
-        super().__init__(input_shape=input_shape, num_classes=num_classes, mean=mean, std=std, dtype=dtype)
+                 dropout: float = 0.0, activation=None, rngs: L.Rngs):
+        super().__init__(input_shape=input_shape, num_classes=num_classes, mean=mean, std=std, dtype=dtype,
+                         activation=activation)
         cin = make_divisible(32 * width_mult)
         last = make_divisible(1280 * max(1.0, width_mult))
         self.stem = L.conv(self.input_shape[-1], cin, 3, dtype=dtype, rngs=rngs)
@@ -78,7 +83,8 @@ class MobileNetV2(L.Classifier):
         for t, c, n, s in CIFAR_STAGES:
             cout = make_divisible(c * width_mult)
             for i in range(n):
-                blocks.append(_InvertedResidual(cin, cout, s if i == 0 else 1, t, dtype=dtype, rngs=rngs))
+                blocks.append(_InvertedResidual(cin, cout, s if i == 0 else 1, t, dtype=dtype, rngs=rngs,
+                                                 activation=self.activation))
                 cin = cout
         self.blocks = nnx.List(blocks)
         self.last = L.conv(cin, last, 1, dtype=dtype, rngs=rngs)
@@ -88,9 +94,9 @@ class MobileNetV2(L.Classifier):
 
     def forward(self, x, *, train, key):
         avg = not train
-        x = jax.nn.relu6(self.stem_bn(self.stem(x), use_running_average=avg))
+        x = self.activation(self.stem_bn(self.stem(x), use_running_average=avg))
         for block in self.blocks:
             x = block(x, train=train)
-        x = jax.nn.relu6(self.last_bn(self.last(x), use_running_average=avg))
+        x = self.activation(self.last_bn(self.last(x), use_running_average=avg))
         x = L.dropout(L.global_avg_pool(x), self.dropout, train=train, key=key, where="mobilenet_v2")
         return self.fc(x)

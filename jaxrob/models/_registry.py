@@ -176,7 +176,8 @@ def _options(entry: _Entry) -> list[str]:
 
 def create_module(name: str, *, num_classes: int = 10, input_shape: Sequence[int] | None = None,
                   key: jax.Array, mean: float | Sequence[float] | None = None,
-                  std: float | Sequence[float] | None = None, dtype: Any = None, **kwargs: Any) -> nnx.Module:
+                  std: float | Sequence[float] | None = None, dtype: Any = None,
+                  activation: Callable[[jax.Array], jax.Array] | None = None, **kwargs: Any) -> nnx.Module:
     """Builds the Flax NNX module of a registered model (see :func:`create` for the arguments).
 
     Use this to work with the NNX module directly, or to build it abstractly without
@@ -196,20 +197,25 @@ def create_module(name: str, *, num_classes: int = 10, input_shape: Sequence[int
     input_shape = entry.input_shape if input_shape is None else _input_shape(input_shape)
     key = _validate.prng_key("key", key)
     mean, std = _normalisation(mean, std, input_shape[-1])
+    if activation is not None and not callable(activation):
+        raise TypeError("activation must be a callable array -> array replacing the model's ReLU (e.g. "
+                        "jax.nn.relu, or an activation quantizer such as lambda x: dorefa_activations(x, "
+                        f"bits=4)), or None for the default; got {activation!r} of type {type(activation).__name__}")
     options = _options(entry)
     unknown = sorted(set(kwargs) - set(options))
     if unknown:
         accepted = ", ".join(options) if options else "none"
         raise TypeError(f"model {name!r} got unexpected keyword argument(s) {', '.join(unknown)}; "
-                        f"its options are: {accepted} (plus num_classes, input_shape, key, mean, std, dtype)")
+                        f"its options are: {accepted} (plus num_classes, input_shape, key, mean, std, dtype, activation)")
     common = dict(input_shape=input_shape, num_classes=num_classes, mean=mean, std=std,
-                  dtype=_compute_dtype(dtype), rngs=L.ParamKeys(key))
+                  dtype=_compute_dtype(dtype), activation=activation, rngs=L.ParamKeys(key))
     return entry.build(common, **kwargs)
 
 
 def create(name: str, *, num_classes: int = 10, input_shape: Sequence[int] | None = None,
            key: jax.Array, mean: float | Sequence[float] | None = None,
-           std: float | Sequence[float] | None = None, dtype: Any = None, **kwargs: Any) -> Model:
+           std: float | Sequence[float] | None = None, dtype: Any = None,
+           activation: Callable[[jax.Array], jax.Array] | None = None, **kwargs: Any) -> Model:
     """Builds a registered model as a pure :class:`~jaxrob.models.Model`.
 
     Inputs are NHWC float images in [0, 1]; the model normalises them itself with
@@ -230,6 +236,15 @@ def create(name: str, *, num_classes: int = 10, input_shape: Sequence[int] | Non
         (0.2470, 0.2435, 0.2616) (CIFAR-10).
       dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters stay float32 and logits
         are float32 (float64 for ``dtype=jnp.float64`` under ``jax.enable_x64``).
+      activation: a callable ``array -> array`` (elementwise, shape-preserving) used
+        everywhere the architecture applies its ReLU (ReLU6 for ``mobilenet_v2``):
+        hidden layers, residual blocks, stems and pre-activations.  ``None`` (the
+        default) keeps ReLU/ReLU6 exactly.  This is how activation quantizers (DoReFa,
+        PACT-style clipping) become module options, e.g.
+        ``activation=lambda x: dorefa_activations(x, bits=4)``.  It is a static
+        attribute of the module (part of the NNX graph definition, not of
+        ``variables``), so the parameter pytree and ``nnx.split`` are unchanged; give
+        the same function object to build structurally identical models.
       **kwargs: model options — ``mlp``: ``hidden_sizes=(256, 256)``;
         ``wide_resnet``: ``depth=28, width=10, dropout=0.0``; ``wrn28_10``,
         ``wrn34_10``: ``dropout=0.0``; ``mobilenet_v2``: ``width_mult=1.0, dropout=0.0``.
@@ -241,7 +256,8 @@ def create(name: str, *, num_classes: int = 10, input_shape: Sequence[int] | Non
 
     Raises:
       ValueError: unknown ``name`` (the message lists the known ones) or an invalid value.
-      TypeError: an argument of the wrong type or an option the model does not take.
+      TypeError: an argument of the wrong type (e.g. a non-callable ``activation``) or an
+        option the model does not take.
 
     References:
       Each architecture's class cites its paper: He et al., CVPR 2016 (arXiv:1512.03385);
@@ -259,14 +275,14 @@ def create(name: str, *, num_classes: int = 10, input_shape: Sequence[int] | Non
       824458
     """
     module = create_module(name, num_classes=num_classes, input_shape=input_shape, key=key, mean=mean,
-                           std=std, dtype=dtype, **kwargs)
+                           std=std, dtype=dtype, activation=activation, **kwargs)
     return from_nnx(module, name=name, input_shape=module.input_shape, num_classes=module.num_classes)
 
 
 def create_abstract(name: str, *, num_classes: int = 10, input_shape: Sequence[int] | None = None,
                     key: jax.Array | None = None, mean: float | Sequence[float] | None = None,
                     std: float | Sequence[float] | None = None, dtype: Any = None,
-                    **kwargs: Any) -> Model:
+                    activation: Callable[[jax.Array], jax.Array] | None = None, **kwargs: Any) -> Model:
     """Like :func:`create`, but ``variables`` holds ``jax.ShapeDtypeStruct`` leaves: nothing is allocated.
 
     The model is built under ``nnx.eval_shape``, so this is cheap even for
@@ -276,7 +292,7 @@ def create_abstract(name: str, *, num_classes: int = 10, input_shape: Sequence[i
     a sharded ``jax.jit`` initialisation or a checkpoint restore.
 
     Args:
-      name, num_classes, input_shape, mean, std, dtype, **kwargs: as for :func:`create`.
+      name, num_classes, input_shape, mean, std, dtype, activation, **kwargs: as for :func:`create`.
       key: optional; only the structure matters, so it defaults to ``jax.random.key(0)``.
 
     Returns:
@@ -290,5 +306,5 @@ def create_abstract(name: str, *, num_classes: int = 10, input_shape: Sequence[i
     key = jax.random.key(0) if key is None else key
     module = nnx.eval_shape(lambda: create_module(
         name, num_classes=num_classes, input_shape=input_shape, key=key, mean=mean, std=std,
-        dtype=dtype, **kwargs))
+        dtype=dtype, activation=activation, **kwargs))
     return from_nnx(module, name=name, input_shape=module.input_shape, num_classes=module.num_classes)

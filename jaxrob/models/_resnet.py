@@ -30,7 +30,9 @@ class _BasicBlockA(nnx.Module):
     every ``stride``-th pixel and zero-pads the new channels (half on each side).
     """
 
-    def __init__(self, cin: int, cout: int, stride: int, *, dtype, rngs: L.Rngs):
+    def __init__(self, cin: int, cout: int, stride: int, *, dtype, rngs: L.Rngs,
+                 activation=jax.nn.relu):
+        self.activation = activation
         self.conv1 = L.conv(cin, cout, 3, stride=stride, dtype=dtype, rngs=rngs)
         self.bn1 = L.batch_norm(cout, dtype=dtype, rngs=rngs)
         self.conv2 = L.conv(cout, cout, 3, dtype=dtype, rngs=rngs)
@@ -40,13 +42,13 @@ class _BasicBlockA(nnx.Module):
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         avg = not train
-        y = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=avg))
+        y = self.activation(self.bn1(self.conv1(x), use_running_average=avg))
         y = self.bn2(self.conv2(y), use_running_average=avg)
         shortcut = x[:, ::self.stride, ::self.stride, :] if self.stride > 1 else x
         if self.extra_channels:
             lo = self.extra_channels // 2
             shortcut = jnp.pad(shortcut, ((0, 0), (0, 0), (0, 0), (lo, self.extra_channels - lo)))
-        return jax.nn.relu(y + shortcut)
+        return self.activation(y + shortcut)
 
 
 class CifarResNet(L.Classifier):
@@ -65,8 +67,9 @@ class CifarResNet(L.Classifier):
     """
 
     def __init__(self, *, input_shape, num_classes, mean, std, dtype=None, depth: int = 20,
-                 rngs: L.Rngs):
-        super().__init__(input_shape=input_shape, num_classes=num_classes, mean=mean, std=std, dtype=dtype)
+                 activation=None, rngs: L.Rngs):
+        super().__init__(input_shape=input_shape, num_classes=num_classes, mean=mean, std=std, dtype=dtype,
+                         activation=activation)
         n = (depth - 2) // 6
         self.depth = depth
         self.conv1 = L.conv(self.input_shape[-1], 16, 3, dtype=dtype, rngs=rngs)
@@ -75,13 +78,14 @@ class CifarResNet(L.Classifier):
         for s, (cout, stride) in enumerate(((16, 1), (32, 2), (64, 2)), start=1):
             blocks = []
             for i in range(n):
-                blocks.append(_BasicBlockA(cin, cout, stride if i == 0 else 1, dtype=dtype, rngs=rngs))
+                blocks.append(_BasicBlockA(cin, cout, stride if i == 0 else 1, dtype=dtype, rngs=rngs,
+                                           activation=self.activation))
                 cin = cout
             setattr(self, f"layer{s}", nnx.List(blocks))
         self.fc = L.linear(64, num_classes, dtype=dtype, rngs=rngs)
 
     def forward(self, x, *, train, key):
-        x = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=not train))
+        x = self.activation(self.bn1(self.conv1(x), use_running_average=not train))
         for stage in (self.layer1, self.layer2, self.layer3):
             for block in stage:
                 x = block(x, train=train)
@@ -96,7 +100,9 @@ class _PreActBlock(nnx.Module):
     the identity on ``x``.
     """
 
-    def __init__(self, cin: int, cout: int, stride: int, *, dropout: float, dtype, rngs: L.Rngs):
+    def __init__(self, cin: int, cout: int, stride: int, *, dropout: float, dtype, rngs: L.Rngs,
+                 activation=jax.nn.relu):
+        self.activation = activation
         self.bn1 = L.batch_norm(cin, dtype=dtype, rngs=rngs)
         self.conv1 = L.conv(cin, cout, 3, stride=stride, dtype=dtype, rngs=rngs)
         self.bn2 = L.batch_norm(cout, dtype=dtype, rngs=rngs)
@@ -107,10 +113,10 @@ class _PreActBlock(nnx.Module):
 
     def __call__(self, x: jax.Array, *, train: bool, key: jax.Array | None) -> jax.Array:
         avg = not train
-        y = jax.nn.relu(self.bn1(x, use_running_average=avg))
+        y = self.activation(self.bn1(x, use_running_average=avg))
         shortcut = self.shortcut(y) if self.shortcut is not None else x
         y = self.conv1(y)
-        y = jax.nn.relu(self.bn2(y, use_running_average=avg))
+        y = self.activation(self.bn2(y, use_running_average=avg))
         y = L.dropout(y, self.dropout, train=train, key=key, where="this pre-activation ResNet")
         return self.conv2(y) + shortcut
 
@@ -125,6 +131,7 @@ class PreActResNet(L.Classifier):
       strides: stride of the first block of each stage.
       dropout: dropout rate between the two convolutions of every block (train mode
         only; the mask is drawn from ``jax.random.fold_in(key, block_index)``).
+      activation: replaces every ReLU (default ReLU).
 
     Parameters: ``conv1``, ``layer{s}/{i}/{bn1,conv1,bn2,conv2[,shortcut]}``, ``bn``, ``fc``.
 
@@ -136,8 +143,9 @@ class PreActResNet(L.Classifier):
 
     def __init__(self, *, input_shape, num_classes, mean, std, dtype=None, stem_width: int,
                  widths: Sequence[int], blocks: Sequence[int], strides: Sequence[int],
-                 dropout: float = 0.0, rngs: L.Rngs):
-        super().__init__(input_shape=input_shape, num_classes=num_classes, mean=mean, std=std, dtype=dtype)
+                 dropout: float = 0.0, activation=None, rngs: L.Rngs):
+        super().__init__(input_shape=input_shape, num_classes=num_classes, mean=mean, std=std, dtype=dtype,
+                         activation=activation)
         self.conv1 = L.conv(self.input_shape[-1], stem_width, 3, dtype=dtype, rngs=rngs)
         self.num_stages = len(widths)
         cin = stem_width
@@ -145,7 +153,7 @@ class PreActResNet(L.Classifier):
             stage = []
             for i in range(n):
                 stage.append(_PreActBlock(cin, cout, stride if i == 0 else 1, dropout=dropout,
-                                          dtype=dtype, rngs=rngs))
+                                          dtype=dtype, rngs=rngs, activation=self.activation))
                 cin = cout
             setattr(self, f"layer{s}", nnx.List(stage))
         self.bn = L.batch_norm(cin, dtype=dtype, rngs=rngs)
@@ -160,7 +168,7 @@ class PreActResNet(L.Classifier):
                 block_key = jax.random.fold_in(key, index) if needs_key else None
                 x = self.block_output(block(x, train=train, key=block_key), index, train=train, key=key)
                 index += 1
-        x = jax.nn.relu(self.bn(x, use_running_average=not train))
+        x = self.activation(self.bn(x, use_running_average=not train))
         return self.fc(L.global_avg_pool(x))
 
     def block_output(self, x: jax.Array, index: int, *, train: bool, key: jax.Array | None) -> jax.Array:

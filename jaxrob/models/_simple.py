@@ -14,6 +14,7 @@ class MLP(L.Classifier):
     """Fully connected ReLU network on the flattened image.
 
     ``flatten (H*W*C, NHWC order) -> [Dense(h) -> ReLU] for h in hidden_sizes -> Dense(num_classes)``.
+    ``activation`` (default ReLU) replaces every ReLU.
 
     Parameters: ``hidden{i}`` (``kernel`` of shape ``(in, out)``, ``bias``) and ``head``.
     Hidden layers use He-normal (fan-in) init, the head LeCun-normal; biases start at 0.
@@ -22,8 +23,10 @@ class MLP(L.Classifier):
     fixed_spatial_size = True
 
     def __init__(self, *, input_shape, num_classes, mean, std, dtype=None,
-                 hidden_sizes: Sequence[int] = (256, 256), rngs: L.Rngs):
-        super().__init__(input_shape=input_shape, num_classes=num_classes, mean=mean, std=std, dtype=dtype)
+                 hidden_sizes: Sequence[int] = (256, 256), activation=None,
+                 rngs: L.Rngs):
+        super().__init__(input_shape=input_shape, num_classes=num_classes, mean=mean, std=std, dtype=dtype,
+                         activation=activation)
         h, w, c = self.input_shape
         sizes = (h * w * c, *hidden_sizes)
         self.hidden = nnx.List([
@@ -34,7 +37,7 @@ class MLP(L.Classifier):
     def forward(self, x, *, train, key):
         x = x.reshape(x.shape[0], -1)
         for layer in self.hidden:
-            x = jax.nn.relu(layer(x))
+            x = self.activation(layer(x))
         return self.head(x)
 
 
@@ -47,7 +50,7 @@ class SmallCNN(L.Classifier):
         -> Conv(64, 3x3, SAME) -> ReLU -> MaxPool 2x2
         -> flatten -> Dense(256) -> ReLU -> Dense(num_classes)
 
-    No batch norm.  Parameter layout (for porting weights to/from other frameworks)::
+    No batch norm; ``activation`` (default ReLU) replaces every ReLU.  Parameter layout (for porting weights to/from other frameworks)::
 
         conv1/kernel (3, 3, C, 32)   HWIO      conv1/bias (32,)
         conv2/kernel (3, 3, 32, 64)  HWIO      conv2/bias (64,)
@@ -64,8 +67,10 @@ class SmallCNN(L.Classifier):
 
     fixed_spatial_size = True
 
-    def __init__(self, *, input_shape, num_classes, mean, std, dtype=None, rngs: L.Rngs):
-        super().__init__(input_shape=input_shape, num_classes=num_classes, mean=mean, std=std, dtype=dtype)
+    def __init__(self, *, input_shape, num_classes, mean, std, dtype=None, activation=None,
+                 rngs: L.Rngs):
+        super().__init__(input_shape=input_shape, num_classes=num_classes, mean=mean, std=std, dtype=dtype,
+                         activation=activation)
         L.check_shape_at_least("cnn_small", self.input_shape, 4, "two 2x2 max pools")
         h, w, c = self.input_shape
         self.conv1 = nnx.Conv(c, 32, (3, 3), padding="SAME", kernel_init=L.relu_init,
@@ -76,7 +81,7 @@ class SmallCNN(L.Classifier):
         self.fc2 = L.linear(256, num_classes, dtype=dtype, rngs=rngs)
 
     def forward(self, x, *, train, key):
-        x = L.max_pool(jax.nn.relu(self.conv1(x)))
-        x = L.max_pool(jax.nn.relu(self.conv2(x)))
+        x = L.max_pool(self.activation(self.conv1(x)))
+        x = L.max_pool(self.activation(self.conv2(x)))
         x = x.reshape(x.shape[0], -1)
-        return self.fc2(jax.nn.relu(self.fc1(x)))
+        return self.fc2(self.activation(self.fc1(x)))

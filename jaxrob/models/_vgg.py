@@ -17,12 +17,13 @@ VGG_CONFIGS = {
 class _ConvBN(nnx.Module):
     """3x3 conv (with bias, as in the reference VGG) -> BN -> ReLU."""
 
-    def __init__(self, cin: int, cout: int, *, dtype, rngs: L.Rngs):
+    def __init__(self, cin: int, cout: int, *, dtype, rngs: L.Rngs, activation=jax.nn.relu):
+        self.activation = activation
         self.conv = L.conv(cin, cout, 3, bias=True, dtype=dtype, rngs=rngs)
         self.bn = L.batch_norm(cout, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        return jax.nn.relu(self.bn(self.conv(x), use_running_average=not train))
+        return self.activation(self.bn(self.conv(x), use_running_average=not train))
 
 
 class VGG(L.Classifier):
@@ -32,7 +33,7 @@ class VGG(L.Classifier):
     each 3x3 convolution followed by BN and ReLU, with five 2x2 max pools, so a
     32x32 input reaches 1x1x512.  The classifier is the common CIFAR variant: a
     single ``Linear(512, num_classes)`` on the flattened features (no 4096-wide
-    fully connected layers).  For 10 classes VGG-11-BN has 9,231,114 and VGG-16-BN
+    fully connected layers); ``activation`` (default ReLU) replaces every ReLU.  For 10 classes VGG-11-BN has 9,231,114 and VGG-16-BN
     14,728,266 parameters.  Larger inputs (multiples of 32) give a proportionally
     wider flatten.  Convolutions use He-normal fan-out init with zero bias.
 
@@ -46,15 +47,16 @@ class VGG(L.Classifier):
     fixed_spatial_size = True
 
     def __init__(self, *, input_shape, num_classes, mean, std, dtype=None, depth: int = 16,
-                 rngs: L.Rngs):
-        super().__init__(input_shape=input_shape, num_classes=num_classes, mean=mean, std=std, dtype=dtype)
+                 activation=None, rngs: L.Rngs):
+        super().__init__(input_shape=input_shape, num_classes=num_classes, mean=mean, std=std, dtype=dtype,
+                         activation=activation)
         L.check_shape_at_least(f"vgg{depth}_bn", self.input_shape, 32, "five 2x2 max pools")
         self.config = VGG_CONFIGS[depth]
         h, w, cin = self.input_shape
         layers = []
         for v in self.config:
             if v != "M":
-                layers.append(_ConvBN(cin, v, dtype=dtype, rngs=rngs))
+                layers.append(_ConvBN(cin, v, dtype=dtype, rngs=rngs, activation=self.activation))
                 cin = v
         self.features = nnx.List(layers)
         self.fc = L.linear((h // 32) * (w // 32) * cin, num_classes, dtype=dtype, rngs=rngs)
