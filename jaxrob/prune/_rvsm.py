@@ -85,6 +85,7 @@ import numpy as np
 import optax
 
 from jaxrob import _validate
+from jaxrob.prune._masks import apply_masks, named_leaves, path_name, sparsity
 
 PyTree = Any
 Where = Callable[[str, Any], bool]
@@ -99,18 +100,6 @@ _GROUP_AXES = {"input": -2, "output": -1}
 
 
 # ------------------------------------------------------------------------------------------ selection
-
-def _path_str(path) -> str:
-    parts = []
-    for k in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
-
 
 def conv_kernels(path: str, leaf: Any) -> bool:
     """The default selection: leaves named ``kernel`` with 4 dimensions (2-D convolution kernels).
@@ -136,19 +125,11 @@ def _check_where(where: Where | None) -> Where:
 def _selected(params: PyTree, where: Where) -> PyTree:
     """Pytree of Python bools: which leaves are split (decided on paths and shapes, so static)."""
     def pick(path, leaf):
-        chosen = where(_path_str(path), leaf)
+        chosen = where(path_name(path), leaf)
         if not isinstance(chosen, (bool, np.bool_)):
-            raise TypeError(f"where(path, leaf) must return a Python bool, got {chosen!r} for {_path_str(path)!r}")
+            raise TypeError(f"where(path, leaf) must return a Python bool, got {chosen!r} for {path_name(path)!r}")
         return bool(chosen)
     return jax.tree_util.tree_map_with_path(pick, params)
-
-
-def _map_selected(fn: Callable[[str, jax.Array], jax.Array], params: PyTree, where: Where) -> PyTree:
-    """Applies ``fn(path, leaf)`` to the selected leaves, the identity elsewhere."""
-    def go(path, leaf):
-        p = _path_str(path)
-        return fn(p, leaf) if where(p, leaf) else leaf
-    return jax.tree_util.tree_map_with_path(go, params)
 
 
 # ---------------------------------------------------------------------------------------- thresholds
@@ -252,48 +233,57 @@ def _check_group_leaf(path: str, leaf) -> None:
                          f"{np.shape(leaf)}; select only kernels with ndim >= 2 (where=...)")
 
 
-# ---------------------------------------------------------------------------------------- transforms
+# ---------------------------------------------------------------------------------------------- masks
 
-class SplitState(NamedTuple):
-    """State of :func:`rvsm` / :func:`rgsm`.
-
-    Attributes:
-      u: the split variable: ``params`` with the selected leaves thresholded,
-        computed from the params of the last update (at ``init``: of the
-        initial params). Leaves not selected are copies of the params.
-    """
-
-    u: PyTree
+def _mask_tree(params: PyTree, where: Where, keep_fn: Callable[[str, jax.Array], jax.Array]) -> PyTree:
+    """Bool masks (prune-core convention): ``keep_fn`` on the selected leaves, all-True elsewhere."""
+    def go(path, leaf):
+        p = path_name(path)
+        if where(p, leaf):
+            return jnp.broadcast_to(keep_fn(p, jnp.asarray(leaf)), jnp.shape(leaf))
+        return jnp.ones(jnp.shape(leaf), bool)
+    return jax.tree_util.tree_map_with_path(go, params)
 
 
-def rvsm_weights(params: PyTree, *, beta: float = RVSM_DEFAULTS["beta"], lamb: float = RVSM_DEFAULTS["lamb"],
-                 where: Where | None = None) -> PyTree:
-    """RVSM's sparse weights ``u``: the selected leaves hard-thresholded at ``sqrt(2 lamb / beta)``.
+def _rvsm_keep(gamma: float):
+    return lambda _, w: jnp.abs(w) > gamma
 
-    Evaluate and deploy the network with ``rvsm_weights(state.params, ...)``
-    (the same ``beta``, ``lamb`` and ``where`` as the :func:`rvsm` transform).
+
+def _rgsm_keep(gamma: float, axis: int):
+    def keep(path, w):
+        _check_group_leaf(path, w)
+        return _group_keep(w, gamma, axis)
+    return keep
+
+
+def rvsm_masks(params: PyTree, *, beta: float = RVSM_DEFAULTS["beta"], lamb: float = RVSM_DEFAULTS["lamb"],
+               where: Where | None = None) -> PyTree:
+    """RVSM's pruning masks: ``|w| > sqrt(2 lamb / beta)`` on the selected leaves, all-True elsewhere.
+
+    Bool masks in the convention of :mod:`jaxrob.prune._masks` (one bool
+    array per parameter), so ``apply_masks(params, rvsm_masks(params))`` is
+    :func:`rvsm_weights` and ``masked_model`` fine-tunes the pruned network.
 
     Args:
       params: pytree of weights.
       beta: splitting weight, ``> 0``.
       lamb: L0 weight, ``>= 0``.
-      where: ``where(path, leaf) -> bool`` selecting the split leaves
+      where: ``where(name, leaf) -> bool`` selecting the split leaves
         (default :func:`conv_kernels`).
 
     Returns:
-      A pytree like ``params``.
+      A pytree of bool arrays shaped like ``params``.
 
     Raises:
       ValueError: ``beta <= 0`` or ``lamb < 0``.
     """
     _, _, gamma = _rvsm_args(beta, lamb)
-    where = _check_where(where)
-    return _map_selected(lambda _, w: hard_threshold(w, gamma), params, where)
+    return _mask_tree(params, _check_where(where), _rvsm_keep(gamma))
 
 
-def rgsm_weights(params: PyTree, *, beta: float = RGSM_DEFAULTS["beta"], lamb1: float = RGSM_DEFAULTS["lamb1"],
-                 groups: str = "input", where: Where | None = None) -> PyTree:
-    """RGSM's channel-sparse weights ``u``: whole groups with norm ``<= sqrt(2 lamb1 / beta)`` zeroed.
+def rgsm_masks(params: PyTree, *, beta: float = RGSM_DEFAULTS["beta"], lamb1: float = RGSM_DEFAULTS["lamb1"],
+               groups: str = "input", where: Where | None = None) -> PyTree:
+    """RGSM's channel masks: a group is kept iff its L2 norm is ``> sqrt(2 lamb1 / beta)``.
 
     Args:
       params: pytree of weights.
@@ -304,40 +294,101 @@ def rgsm_weights(params: PyTree, *, beta: float = RGSM_DEFAULTS["beta"], lamb1: 
       where: selection of the split leaves (default :func:`conv_kernels`).
 
     Returns:
-      A pytree like ``params``.
+      A pytree of bool arrays shaped like ``params``; on a selected kernel
+      every group's entries are all True or all False.
 
     Raises:
       ValueError: bad hyperparameters, or a selected leaf with ``ndim < 2``.
     """
     _, _, _, gamma, axis = _rgsm_args(beta, lamb1, 0.0, groups)
-    where = _check_where(where)
-
-    def fn(path, w):
-        _check_group_leaf(path, w)
-        return group_hard_threshold(w, gamma, axis=axis)
-    return _map_selected(fn, params, where)
+    return _mask_tree(params, _check_where(where), _rgsm_keep(gamma, axis))
 
 
-def _split_transform(threshold_fn, extra_grad_fn, beta: float, where: Where) -> optax.GradientTransformation:
+def rvsm_weights(params: PyTree, *, beta: float = RVSM_DEFAULTS["beta"], lamb: float = RVSM_DEFAULTS["lamb"],
+                 where: Where | None = None) -> PyTree:
+    """RVSM's sparse weights ``u``: the selected leaves hard-thresholded at ``sqrt(2 lamb / beta)``.
+
+    Evaluate and deploy the network with ``rvsm_weights(state.params, ...)``
+    (the same ``beta``, ``lamb`` and ``where`` as the :func:`rvsm` transform);
+    it equals ``apply_masks(params, rvsm_masks(params, ...))``.
+
+    Args:
+      params: pytree of weights.
+      beta: splitting weight, ``> 0``.
+      lamb: L0 weight, ``>= 0``.
+      where: ``where(name, leaf) -> bool`` selecting the split leaves
+        (default :func:`conv_kernels`).
+
+    Returns:
+      A pytree like ``params``.
+
+    Raises:
+      ValueError: ``beta <= 0`` or ``lamb < 0``.
+    """
+    return apply_masks(params, rvsm_masks(params, beta=beta, lamb=lamb, where=where))
+
+
+def rgsm_weights(params: PyTree, *, beta: float = RGSM_DEFAULTS["beta"], lamb1: float = RGSM_DEFAULTS["lamb1"],
+                 groups: str = "input", where: Where | None = None) -> PyTree:
+    """RGSM's channel-sparse weights ``u``: whole groups with norm ``<= sqrt(2 lamb1 / beta)`` zeroed.
+
+    Equals ``apply_masks(params, rgsm_masks(params, ...))``; evaluate and
+    deploy with ``rgsm_weights(state.params, ...)`` (same hyperparameters as
+    the :func:`rgsm` transform).
+
+    Args:
+      params: pytree of weights.
+      beta: splitting weight (the paper's ``beta1``), ``> 0``.
+      lamb1: group-L0 weight, ``>= 0``.
+      groups: ``"input"`` or ``"output"`` (see :func:`rgsm_masks`).
+      where: selection of the split leaves (default :func:`conv_kernels`).
+
+    Returns:
+      A pytree like ``params``.
+
+    Raises:
+      ValueError: bad hyperparameters, or a selected leaf with ``ndim < 2``.
+    """
+    return apply_masks(params, rgsm_masks(params, beta=beta, lamb1=lamb1, groups=groups, where=where))
+
+
+# ---------------------------------------------------------------------------------------- transforms
+
+class SplitState(NamedTuple):
+    """State of :func:`rvsm` / :func:`rgsm`.
+
+    Attributes:
+      u: the split variable: ``params`` with the selected leaves thresholded,
+        computed from the params of the last update (at ``init``: of the
+        initial params). Leaves not selected are copies of the params. For
+        the deployed network use :func:`rvsm_weights` / :func:`rgsm_weights`
+        of the final params (``u`` of the weights after the last step).
+    """
+
+    u: PyTree
+
+
+def _split_transform(keep_fn, extra_grad_fn, beta: float, where: Where) -> optax.GradientTransformation:
+    def split(params):
+        return apply_masks(params, _mask_tree(params, where, keep_fn))
+
     def init(params):
-        return SplitState(u=threshold_fn(params))
+        return SplitState(u=split(params))
 
     def update(updates, state, params=None):
         del state
         if params is None:
             raise ValueError("the RVSM/RGSM transform needs the current params: call tx.update(grads, state, params)")
-        u = threshold_fn(params)
+        u = split(params)
         sel = _selected(params, where)
 
-        def add(chosen, path, g, w, u_):
+        def add(path, chosen, g, w, u_):
             if not chosen:
                 return g
-            g = g + beta * (w - u_).astype(g.dtype)
-            return g if extra_grad_fn is None else g + extra_grad_fn(_path_str(path), w).astype(g.dtype)
+            g = g + (beta * (w - u_)).astype(g.dtype)
+            return g if extra_grad_fn is None else g + extra_grad_fn(path_name(path), w).astype(g.dtype)
 
-        new = jax.tree_util.tree_map_with_path(lambda path, c, g, w, u_: add(c, path, g, w, u_),
-                                               sel, updates, params, u)
-        return new, SplitState(u=u)
+        return jax.tree_util.tree_map_with_path(add, sel, updates, params, u), SplitState(u=u)
 
     return optax.GradientTransformation(init, update)
 
@@ -357,7 +408,7 @@ def rvsm(*, beta: float = RVSM_DEFAULTS["beta"], lamb: float = RVSM_DEFAULTS["la
       beta: splitting weight, ``> 0`` (reference default ``1e-2``).
       lamb: L0 weight ``lambda``, ``>= 0`` (reference default ``1e-6``); the
         threshold is ``sqrt(2 lamb / beta)`` (``0.01`` at the defaults).
-      where: ``where(path, leaf) -> bool`` selecting the split leaves; default
+      where: ``where(name, leaf) -> bool`` selecting the split leaves; default
         :func:`conv_kernels` (the reference splits the 4-D conv weights only).
 
     Returns:
@@ -373,16 +424,14 @@ def rvsm(*, beta: float = RVSM_DEFAULTS["beta"], lamb: float = RVSM_DEFAULTS["la
 
     Example:
       >>> import jax.numpy as jnp, optax
-      >>> tx = optax.chain(rvsm(beta=1.0, lamb=0.02, where=lambda path, w: True), optax.sgd(0.1))
+      >>> tx = optax.chain(rvsm(beta=1.0, lamb=0.02, where=lambda name, w: True), optax.sgd(0.1))
       >>> params = {"w": jnp.array([0.1, 1.0])}   # threshold sqrt(2 * 0.02 / 1) = 0.2
       >>> updates, _ = tx.update({"w": jnp.zeros(2)}, tx.init(params), params)
       >>> updates["w"].tolist()                    # -lr * beta * (w - u): only the small weight moves
       [-0.010000000707805157, -0.0]
     """
     beta, _, gamma = _rvsm_args(beta, lamb)
-    where = _check_where(where)
-    return _split_transform(lambda p: _map_selected(lambda _, w: hard_threshold(w, gamma), p, where),
-                            None, beta, where)
+    return _split_transform(_rvsm_keep(gamma), None, beta, _check_where(where))
 
 
 def rgsm(*, beta: float = RGSM_DEFAULTS["beta"], lamb1: float = RGSM_DEFAULTS["lamb1"],
@@ -425,20 +474,13 @@ def rgsm(*, beta: float = RGSM_DEFAULTS["beta"], lamb1: float = RGSM_DEFAULTS["l
 
     Example:
       >>> import jax.numpy as jnp, optax
-      >>> tx = optax.chain(rgsm(beta=1.0, lamb1=0.5, lamb2=0.0, where=lambda path, w: True), optax.sgd(1.0))
+      >>> tx = optax.chain(rgsm(beta=1.0, lamb1=0.5, lamb2=0.0, where=lambda name, w: True), optax.sgd(1.0))
       >>> params = {"k": jnp.array([[0.3, 0.4], [3.0, 4.0]])}   # input-channel norms 0.5 and 5; threshold 1
       >>> updates, _ = tx.update({"k": jnp.zeros((2, 2))}, tx.init(params), params)
       >>> (params["k"] + updates["k"]).tolist()                  # lr * beta = 1: the weak channel lands on 0
       [[0.0, 0.0], [3.0, 4.0]]
     """
     beta, _, lamb2, gamma, axis = _rgsm_args(beta, lamb1, lamb2, groups)
-    where = _check_where(where)
-
-    def threshold(p):
-        def fn(path, w):
-            _check_group_leaf(path, w)
-            return group_hard_threshold(w, gamma, axis=axis)
-        return _map_selected(fn, p, where)
 
     def lasso_grad(path, w):
         if lamb2 == 0.0:
@@ -448,7 +490,7 @@ def rgsm(*, beta: float = RGSM_DEFAULTS["beta"], lamb1: float = RGSM_DEFAULTS["l
         shape[axis % w.ndim] = w.shape[axis]
         return lamb2 * w / norms.reshape(shape)
 
-    return _split_transform(threshold, lasso_grad, beta, where)
+    return _split_transform(_rgsm_keep(gamma, axis), lasso_grad, beta, _check_where(where))
 
 
 # -------------------------------------------------------------------------------------------- report
@@ -456,18 +498,24 @@ def rgsm(*, beta: float = RGSM_DEFAULTS["beta"], lamb1: float = RGSM_DEFAULTS["l
 def channel_sparsity(params: PyTree, *, where: Where | None = None) -> dict[str, dict[str, float]]:
     """Per-layer and total sparsity of the selected kernels: weights, input and output channels.
 
+    The weight counts come from :func:`jaxrob.prune._masks.sparsity` (exact
+    zeros); a channel counts as pruned when all its weights are exactly zero.
+
     Args:
       params: pytree of (pruned) weights, e.g. ``rgsm_weights(state.params)``.
       where: selection of the kernels to report (default :func:`conv_kernels`);
         every selected leaf must have ``ndim >= 2``.
 
     Returns:
-      ``{path: {...}, "total": {...}}`` where each entry holds ``weights``
+      ``{name: {...}, "total": {...}}`` where each entry holds ``weights``
       (count), ``zero_fraction`` (unstructured sparsity: fraction of exactly-zero
-      weights), ``input_channels`` / ``output_channels`` (counts of the kernel's
+      weights), ``input_channels`` / ``output_channels`` (sizes of the kernel's
       axes -2 / -1) and ``zero_input_channels`` / ``zero_output_channels``
       (fraction of those channels whose weights are all exactly zero). The
       total pools weights and channels over the layers. Host-side (numpy).
+
+    Raises:
+      ValueError: ``where`` selects no leaf, or one with ``ndim < 2``.
 
     Example:
       >>> import numpy as np
@@ -477,30 +525,23 @@ def channel_sparsity(params: PyTree, *, where: Where | None = None) -> dict[str,
       (0.75, 0.75)
     """
     where = _check_where(where)
-    out: dict[str, dict[str, float]] = {}
-    tot = {"weights": 0, "zeros": 0, "in": 0, "in_zero": 0, "out": 0, "out_zero": 0}
-
-    def visit(path, leaf):
-        p = _path_str(path)
-        if not where(p, leaf):
-            return
-        _check_group_leaf(p, leaf)
-        w = np.asarray(jax.device_get(leaf))
-        nz = w != 0
-        in_zero = int(np.sum(~nz.any(axis=tuple(a for a in range(w.ndim) if a != w.ndim - 2))))
-        out_zero = int(np.sum(~nz.any(axis=tuple(range(w.ndim - 1)))))
-        zeros = int(w.size - np.count_nonzero(w))
-        out[p] = {"weights": int(w.size), "zero_fraction": zeros / w.size,
-                  "input_channels": int(w.shape[-2]), "zero_input_channels": in_zero / w.shape[-2],
-                  "output_channels": int(w.shape[-1]), "zero_output_channels": out_zero / w.shape[-1]}
-        for k, v in (("weights", w.size), ("zeros", zeros), ("in", w.shape[-2]), ("in_zero", in_zero),
-                     ("out", w.shape[-1]), ("out_zero", out_zero)):
-            tot[k] += int(v)
-
-    jax.tree_util.tree_map_with_path(visit, params)
-    if not out:
+    report = sparsity(params, where=where)
+    if not report.layers:
         raise ValueError("channel_sparsity: where selected no leaf of params")
-    out["total"] = {"weights": tot["weights"], "zero_fraction": tot["zeros"] / tot["weights"],
+    out: dict[str, dict[str, float]] = {}
+    tot = {"in": 0, "in_zero": 0, "out": 0, "out_zero": 0}
+    for (name, leaf), layer in zip(named_leaves(params, where=where), report.layers):
+        _check_group_leaf(name, leaf)
+        nz = np.asarray(jax.device_get(leaf)) != 0
+        in_zero = int(np.sum(~nz.any(axis=tuple(a for a in range(nz.ndim) if a != nz.ndim - 2))))
+        out_zero = int(np.sum(~nz.any(axis=tuple(range(nz.ndim - 1)))))
+        n_in, n_out = nz.shape[-2], nz.shape[-1]
+        out[name] = {"weights": layer.size, "zero_fraction": layer.sparsity,
+                     "input_channels": n_in, "zero_input_channels": in_zero / n_in,
+                     "output_channels": n_out, "zero_output_channels": out_zero / n_out}
+        for k, v in (("in", n_in), ("in_zero", in_zero), ("out", n_out), ("out_zero", out_zero)):
+            tot[k] += v
+    out["total"] = {"weights": report.size, "zero_fraction": report.total,
                     "input_channels": tot["in"], "zero_input_channels": tot["in_zero"] / tot["in"],
                     "output_channels": tot["out"], "zero_output_channels": tot["out_zero"] / tot["out"]}
     return out
