@@ -273,6 +273,22 @@ class _InputQuantized:
         return self.inner(variables, quantize_input(x, bits=self.bits), **kwargs)
 
 
+#: Top-level names of the classifier layer in the registry's models (kept in float by default).
+CLASSIFIER_LAYERS = ("head", "fc", "fc2")
+
+
+def hidden_kernels(path: str, leaf: Any) -> bool:
+    """``where`` predicate: every ``kernel`` except the classifier's (``head``, ``fc`` or ``fc2``).
+
+    The authors' low-precision networks quantize every convolution but keep the
+    final ``Linear`` layer in full precision; this selects the same weights in
+    the registry's models.
+    """
+    del leaf
+    parts = path.split("/")
+    return parts[-1] == "kernel" and parts[0] not in CLASSIFIER_LAYERS
+
+
 def _bits(name: str, value: Any) -> int:
     value = _validate.number(name, value, min=1, integer=True)
     if 16 < value < FULL_PRECISION:
@@ -300,7 +316,8 @@ def mixed_precision_model(name: str, *, weight_bits: int, activation_bits: int, 
       activation_bits: 1..16, or >= 32 for ReLU activations.
       key: initialisation key.
       quantize_inputs: also quantize the input image (only when ``activation_bits < 32``).
-      where: which weight leaves are quantized (see ``quantized_model``); default every ``kernel``.
+      where: which weight leaves are quantized (see ``quantized_model``); default
+        :func:`hidden_kernels` (every kernel but the classifier's, as in the paper).
       **kwargs: passed to :func:`jaxrob.models.create`.
 
     Returns:
@@ -318,8 +335,7 @@ def mixed_precision_model(name: str, *, weight_bits: int, activation_bits: int, 
     model = models.create(name, key=key, activation=act, **kwargs)
     if weight_bits < FULL_PRECISION:
         from jaxrob.quant._tree import quantized_model
-        model = (quantized_model(model, DorefaWeights(weight_bits)) if where is None
-                 else quantized_model(model, DorefaWeights(weight_bits), where=where))
+        model = quantized_model(model, DorefaWeights(weight_bits), where=hidden_kernels if where is None else where)
     if quantize_inputs and activation_bits < FULL_PRECISION:
         model = dataclasses.replace(model, apply_fn=_InputQuantized(model.apply_fn, activation_bits),
                                     train_apply=_InputQuantized(model.train_apply, activation_bits))
