@@ -49,6 +49,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import Any, Sequence
 
@@ -270,6 +271,19 @@ def _codes_float(x, bits, s, z, q_min, q_max, symmetric):
     return c, (c - zf) * s
 
 
+def _static(bits, symmetric, axis, narrow_range):
+    """Eager checks of the static arguments, and their hashable forms for ``jax.jit``."""
+    bits = check_bits(bits)
+    _check_mode(symmetric, narrow_range)
+    if isinstance(axis, list):
+        axis = tuple(axis)
+    check_axis(axis, 1 << 30)                                # types only; the rank is checked in the trace
+    return dict(bits=bits, symmetric=symmetric, axis=axis, narrow_range=narrow_range)
+
+
+_STATIC = ("bits", "symmetric", "axis", "narrow_range")
+
+
 def quantize(x: ArrayLike, *, bits: int, scale: ArrayLike | None = None, zero_point: ArrayLike | None = None,
              symmetric: bool = True, axis: Any = None, clip: Any = None, narrow_range: bool = True
              ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
@@ -289,6 +303,11 @@ def quantize(x: ArrayLike, *, bits: int, scale: ArrayLike | None = None, zero_po
       >>> c.tolist(), c.dtype.name, s.shape, z
       ([-7, 0, 2, 7], 'int8', (1,), None)
     """
+    return _quantize_jit(x, scale, zero_point, clip, **_static(bits, symmetric, axis, narrow_range))
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _quantize_jit(x, scale, zero_point, clip, *, bits, symmetric, axis, narrow_range):
     x, bits, s, z, q_min, q_max = _prepare(x, bits, scale, zero_point, symmetric, axis, clip, narrow_range)
     c, _ = _codes_float(x, bits, s, z, q_min, q_max, symmetric)
     return c.astype(code_dtype(bits, symmetric=symmetric)), s, z
@@ -360,6 +379,11 @@ def fake_quant(x: ArrayLike, *, bits: int, scale: ArrayLike | None = None, zero_
       >>> jax.grad(lambda x: fake_quant(x, bits=4, scale=0.1).sum())(jnp.array([0.3, 0.7, 0.71])).tolist()
       [1.0, 1.0, 0.0]
     """
+    return _fake_quant_jit(x, scale, zero_point, clip, **_static(bits, symmetric, axis, narrow_range))
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _fake_quant_jit(x, scale, zero_point, clip, *, bits, symmetric, axis, narrow_range):
     x, bits, s, z, q_min, q_max = _prepare(x, bits, scale, zero_point, symmetric, axis, clip, narrow_range)
     _, q = _codes_float(x, bits, s, z, q_min, q_max, symmetric)
     zf = 0 if z is None else z.astype(x.dtype)
