@@ -34,6 +34,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -83,9 +84,17 @@ def calibrate(x: ArrayLike, *, bits: int, method: str = "mse", symmetric: bool =
     axes = check_axis(axis, x.ndim)
     if x.size == 0:
         raise ValueError("x is empty; calibration needs at least one value")
+    percentile = float(_validate.number("percentile", percentile, min=0.0, max=100.0, min_inclusive=False))
+    num_candidates = _validate.number("num_candidates", num_candidates, min=1, integer=True)
+    return _calibrate_jit(x, bits=bits, method=method, symmetric=symmetric, axes=axes, percentile=percentile,
+                          num_candidates=num_candidates, narrow_range=narrow_range)
+
+
+@functools.partial(jax.jit, static_argnames=("bits", "method", "symmetric", "axes", "percentile", "num_candidates",
+                                             "narrow_range"))
+def _calibrate_jit(x, *, bits, method, symmetric, axes, percentile, num_candidates, narrow_range):
     red = reduce_axes(x.ndim, axes)
     if method == "percentile":
-        percentile = float(_validate.number("percentile", percentile, min=0.0, max=100.0, min_inclusive=False))
         if symmetric:
             return jnp.percentile(jnp.abs(x), percentile, axis=red, keepdims=True).astype(x.dtype)
         lo = jnp.percentile(x, 100.0 - percentile, axis=red, keepdims=True).astype(x.dtype)
@@ -98,7 +107,6 @@ def calibrate(x: ArrayLike, *, bits: int, method: str = "mse", symmetric: bool =
                 jnp.maximum(jnp.max(x, axis=red, keepdims=True), 0))
     if method == "absmax":
         return full
-    num_candidates = _validate.number("num_candidates", num_candidates, min=1, integer=True)
     return _mse_search(x, full, bits=bits, symmetric=symmetric, axes=axes, narrow_range=narrow_range,
                        num_candidates=num_candidates)
 
