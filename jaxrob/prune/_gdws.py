@@ -814,6 +814,8 @@ def gdws_alphas(model: Any, x: jax.typing.ArrayLike, y: jax.typing.ArrayLike, *,
     names, leaves, treedef = _flat_paths(variables)
     index = {n: i for i, n in enumerate(names)}
     kernels = {n: leaves[index[n]] for n in targets}
+    if not kernels:
+        return {}
 
     def logits(ks, xi):
         new = list(leaves)
