@@ -256,6 +256,7 @@ def _hoyer(tiles: jax.Array, eps: float) -> jax.Array:
     return jnp.square(l1) / (l2sq + eps)
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
 def _layer_penalty(w: jax.Array, rows: int, cols: int, eps: float, gate: bool) -> jax.Array:
     m = crossbar_matrix(w)
     n_in, n_out = m.shape
@@ -307,8 +308,8 @@ def balance_penalty(params: PyTree, *, crossbar: Any, where: Where | None = None
       eps: see :func:`relaxed_l0`.
 
     Returns:
-      A float32 scalar (``0.0`` if nothing is selected); differentiable and
-      usable under ``jit``.
+      A scalar of the kernels' dtype (float32 ``0.0`` if nothing is selected);
+      differentiable and usable under ``jit``.
 
     Example:
       >>> import jax.numpy as jnp
@@ -323,10 +324,8 @@ def balance_penalty(params: PyTree, *, crossbar: Any, where: Where | None = None
     eps = float(_validate.number("eps", eps, min=0.0, min_inclusive=False))
     if not isinstance(gate, bool):
         raise TypeError(f"gate must be a bool, got {gate!r}")
-    total = jnp.zeros((), jnp.float32)
-    for _, w in _kernels(params, where):
-        total = total + _layer_penalty(jnp.asarray(w), rows, cols, eps, gate).astype(jnp.float32)
-    return total
+    terms = [_layer_penalty(jnp.asarray(w), rows, cols, eps, gate) for _, w in _kernels(params, where)]
+    return sum(terms[1:], terms[0]) if terms else jnp.zeros((), jnp.float32)
 
 
 def dub_loss(base: Any = None, *, strength: float, crossbar: Any, gate: bool = True, where: Where | None = None,
@@ -410,7 +409,11 @@ def power_of_two_level(n: jax.typing.ArrayLike) -> jax.Array:
       >>> power_of_two_level(jnp.array([0, 1, 2, 3, 5, 6, 7, 48, 49, 64])).tolist()
       [0, 1, 2, 2, 4, 4, 8, 32, 64, 64]
     """
-    n = jnp.asarray(n, jnp.int32)
+    return _level(jnp.asarray(n, jnp.int32))
+
+
+@jax.jit
+def _level(n: jax.Array) -> jax.Array:
     safe = jnp.maximum(n, 1)
     q = jnp.left_shift(jnp.int32(1), jnp.floor(jnp.log2(safe.astype(jnp.float32))).astype(jnp.int32))
     q = jnp.where(q > safe, q // 2, q)           # guard float rounding of log2 near powers of two
