@@ -17,6 +17,7 @@ binary output has two levels.  Per-channel variants compute ``alpha`` (and
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -51,7 +52,11 @@ def binary(w: ArrayLike, *, axis: Any = None) -> jax.Array:
       [-1.5, 1.5, 1.5, 1.5]
     """
     w = _float_array("w", w)
-    red = reduce_axes(w.ndim, check_axis(axis, w.ndim))
+    return _binary(w, red=reduce_axes(w.ndim, check_axis(axis, w.ndim)))
+
+
+@functools.partial(jax.jit, static_argnames="red")
+def _binary(w, *, red):
     alpha = jax.lax.stop_gradient(jnp.mean(jnp.abs(w), axis=red, keepdims=True))
     return straight_through(w, jnp.where(w >= 0, alpha, -alpha).astype(w.dtype))
 
@@ -79,7 +84,11 @@ def ternary(w: ArrayLike, *, threshold: float = 0.7, axis: Any = None) -> jax.Ar
     """
     threshold = float(_validate.number("threshold", threshold, min=0.0))
     w = _float_array("w", w)
-    red = reduce_axes(w.ndim, check_axis(axis, w.ndim))
+    return _ternary(w, threshold, red=reduce_axes(w.ndim, check_axis(axis, w.ndim)))
+
+
+@functools.partial(jax.jit, static_argnames="red")
+def _ternary(w, threshold, *, red):
     a = jnp.abs(w)
     delta = threshold * jnp.mean(a, axis=red, keepdims=True)
     keep = a > delta

@@ -24,6 +24,8 @@ References:
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
@@ -58,8 +60,11 @@ def dorefa_weights(w: ArrayLike, *, bits: int) -> jax.Array:
       >>> dorefa_weights(jnp.array([-2.0, 0.0, 1.0, 1.0]), bits=1).tolist()
       [-1.0, 1.0, 1.0, 1.0]
     """
-    bits = check_bits(bits)
-    w = _float_array("w", w)
+    return _dorefa_weights(_float_array("w", w), bits=check_bits(bits))
+
+
+@functools.partial(jax.jit, static_argnames="bits")
+def _dorefa_weights(w, *, bits):
     if bits == 1:
         e = jax.lax.stop_gradient(jnp.mean(jnp.abs(w)))
         return straight_through(w, jnp.where(w >= 0, e, -e).astype(w.dtype))
@@ -84,6 +89,10 @@ def dorefa_activations(x: ArrayLike, *, bits: int) -> jax.Array:
       >>> dorefa_activations(jnp.array([-0.5, 0.2, 0.4, 3.0]), bits=2).tolist()
       [0.0, 0.3333333432674408, 0.3333333432674408, 1.0]
     """
-    bits = check_bits(bits)
-    x = _float_array("x", x)
-    return quantize_k(jnp.clip(x, 0.0, 1.0), bits=bits)
+    return _dorefa_activations(_float_array("x", x), bits=check_bits(bits))
+
+
+@functools.partial(jax.jit, static_argnames="bits")
+def _dorefa_activations(x, *, bits):
+    inside = (x >= 0) & (x <= 1)                       # gradient 1 on the closed interval (jnp.clip gives 1/2 at the ends)
+    return quantize_k(jnp.where(inside, x, jax.lax.stop_gradient(jnp.clip(x, 0.0, 1.0))), bits=bits)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
@@ -43,5 +45,10 @@ def quantize_input(x: ArrayLike, *, bits: int) -> jax.Array:
     bits = check_bits(bits)
     x = _float_array("x", x)
     _validate.unit_interval("x", x)
+    return _quantize_input(x, bits=bits)
+
+
+@functools.partial(jax.jit, static_argnames="bits")
+def _quantize_input(x, *, bits):
     n = 2 ** bits - 1
     return straight_through(x, jnp.round(jnp.clip(x, 0.0, 1.0) * n) / n)

@@ -7,6 +7,7 @@ papers' estimators, built from :func:`jaxrob.quant._ste.straight_through`.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -94,6 +95,11 @@ def lsq(x: ArrayLike, step: ArrayLike, *, bits: int, signed: bool = True, grad_s
         g = 1.0 / math.sqrt(n * q_p)
     else:
         g = float(_validate.number("grad_scale", grad_scale, min=0.0, min_inclusive=False))
+    return _lsq(x, s, g, q_n=q_n, q_p=q_p)
+
+
+@functools.partial(jax.jit, static_argnames=("q_n", "q_p"))
+def _lsq(x, s, g, *, q_n, q_p):
     s_g = s * g + jax.lax.stop_gradient(s - s * g)
     u = x / s_g
     # clip with the paper's strict inequalities: the clipped ends are constants (no gradient in u)
@@ -143,6 +149,11 @@ def pact(x: ArrayLike, alpha: ArrayLike, *, bits: int) -> jax.Array:
         raise ValueError(f"alpha of shape {a.shape} does not broadcast to x's shape {x.shape}") from None
     if _validate.is_concrete(a) and a.size and float(jnp.min(a)) <= 0:
         raise ValueError(f"alpha must be > 0, got min {float(jnp.min(a))}")
+    return _pact(x, a, bits=bits)
+
+
+@functools.partial(jax.jit, static_argnames="bits")
+def _pact(x, a, *, bits):
     a_b = jnp.broadcast_to(a, x.shape)
     y = jnp.where(x >= a_b, a_b, jnp.where(x > 0, x, jnp.zeros_like(x)))
     step = jax.lax.stop_gradient(a_b) / (2 ** bits - 1)
