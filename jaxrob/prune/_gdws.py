@@ -703,7 +703,7 @@ def _targets(layers: Mapping[str, ConvLayer], names: Sequence[str] | None, skip_
     return list(names)
 
 
-def gdws_approximate(model: Any, *, method: str, budget: float, alphas: Mapping[str, Any] | None = None,
+def gdws_approximate(model: Any, *, method: str, budget: float | Mapping[str, float], alphas: Mapping[str, Any] | None = None,
                      variables: PyTree | None = None, input_shape: Sequence[int] | None = None,
                      layers: Sequence[str] | None = None, skip_first: bool = True) -> GDWSModel:
     """Approximates a trained model's convolutions by optimal GDWS convolutions (MEGO or LEGO per layer).
@@ -718,7 +718,8 @@ def gdws_approximate(model: Any, *, method: str, budget: float, alphas: Mapping[
         ``beta``; one fraction per layer is the natural MEGO counterpart, and a
         network-wide MAC budget would be a knapsack, no longer solved exactly by
         the greedy).
-      budget: see ``method``; ``> 0`` for MEGO, ``>= 0`` for LEGO.
+      budget: see ``method``; ``> 0`` for MEGO, ``>= 0`` for LEGO; one number for
+        every layer or ``{layer name: budget}`` for each approximated layer.
       alphas: ``{layer name: (C,) weights}`` (:func:`gdws_alphas`); None: uniform.
       variables: the variables (default ``model.variables``).
       input_shape: per-example input shape (default ``model.input_shape``).
@@ -740,14 +741,26 @@ def gdws_approximate(model: Any, *, method: str, budget: float, alphas: Mapping[
     _validate.choice("method", method, ("mego", "lego"))
     if not isinstance(skip_first, bool):
         raise TypeError(f"skip_first must be a bool, got {skip_first!r}")
-    if method == "mego":
-        if not (isinstance(budget, numbers.Real) and budget == math.inf):
-            _validate.number("budget", budget, min=0, min_inclusive=False)
-    else:
-        _validate.number("budget", budget, min=0)
+
+    def check(name, b):
+        if method == "mego":
+            if not (isinstance(b, numbers.Real) and b == math.inf):
+                _validate.number(name, b, min=0, min_inclusive=False)
+        else:
+            _validate.number(name, b, min=0)
+        return b
+
     apply_fn, variables, input_shape = _resolve_model(model, variables, input_shape)
     all_layers, _ = _trace(apply_fn, variables, input_shape)
     targets = _targets(all_layers, layers, skip_first)
+    if isinstance(budget, Mapping):
+        missing = [n for n in targets if n not in budget]
+        if missing:
+            raise ValueError(f"budget has no entry for layers {missing}; give one per approximated layer "
+                             f"({targets}) or a single number")
+        budgets = {n: check(f"budget[{n!r}]", budget[n]) for n in targets}
+    else:
+        budgets = {n: check("budget", budget) for n in targets}
     names, leaves, _ = _flat_paths(variables)
     by_name = dict(zip(names, leaves))
     alphas = {} if alphas is None else dict(alphas)
@@ -756,14 +769,15 @@ def gdws_approximate(model: Any, *, method: str, budget: float, alphas: Mapping[
         layer = all_layers[name]
         sigma = channel_singular_values(by_name[name])
         alpha = alphas.get(name)
+        b = budgets[name]
         if method == "mego":
             *k, c, m = layer.kernel_shape
             full = sigma.size
-            g = full if budget == math.inf else min(full, int(math.floor(budget * m * c * math.prod(k)
-                                                                      / (math.prod(k) + m) + 1e-9)))
+            g = full if b == math.inf else min(full, int(math.floor(b * m * c * math.prod(k)
+                                                                 / (math.prod(k) + m) + 1e-9)))
             ranks[name] = mego_ranks(sigma, alpha, max_filters=g)
         else:
-            ranks[name] = lego_ranks(sigma, alpha, max_error=budget)
+            ranks[name] = lego_ranks(sigma, alpha, max_error=b)
     return gdws_transform(apply_fn, ranks, variables=variables, input_shape=input_shape)
 
 
