@@ -34,6 +34,14 @@ def test_topk_mask_matches_brute_force_with_many_ties(s):
     np.testing.assert_array_equal(jax.jit(lambda x, t: topk_mask(x, sparsity=t))(scores, s), got)
 
 
+def test_topk_mask_signed_scores_zeros_and_extremes():
+    rng = np.random.default_rng(3)
+    scores = np.concatenate([rng.normal(size=40), [0.0, -0.0, 0.0, -1e-38, 1e-38, -np.inf, np.inf, 3.0, 3.0]])
+    scores = scores.astype(np.float32)
+    for s in (0.0, 0.3, 0.5, 0.9):
+        np.testing.assert_array_equal(topk_mask(jnp.asarray(scores), sparsity=s), _reference_keep(scores, s))
+
+
 def test_topk_mask_all_equal_and_errors():
     np.testing.assert_array_equal(topk_mask(jnp.zeros(5), sparsity=0.4), [True, True, True, False, False])
     with pytest.raises(ValueError, match=r"sparsity must be <= 1"):
