@@ -99,6 +99,7 @@ class Config:
       eval_examples: test examples evaluated (0 = all).
       train_examples: training examples used (0 = all).
       ptq: include the post-training-quantization rows.
+      regimes: FP32 training regimes, a subset of ``("normal", "PGD-AT")``.
       seed: seed of initialisation, data order and attacks.
     """
 
@@ -125,6 +126,7 @@ class Config:
     eval_examples: int = 1000
     train_examples: int = 0
     ptq: bool = True
+    regimes: tuple[str, ...] = ("normal", "PGD-AT")
     seed: int = 0
 
     def validate(self) -> None:
@@ -145,6 +147,10 @@ class Config:
             raise TypeError(f"uniform_bits must be a non-empty tuple of ints, got {self.uniform_bits!r}")
         for b in self.uniform_bits:
             _validate.number("uniform_bits entry", b, min=2, max=16, integer=True)
+        if not isinstance(self.regimes, tuple) or not self.regimes:
+            raise TypeError(f"regimes must be a non-empty tuple, got {self.regimes!r}")
+        for r in self.regimes:
+            _validate.choice("regimes entry", r, ("normal", "PGD-AT"))
 
 
 PRESETS = {
@@ -265,6 +271,7 @@ def run(config: Config, ctx: Any) -> dict:
                          key=k_init)
     losses = {"normal": train.cross_entropy(),
               "PGD-AT": train.pgd_at(config.train_eps, steps=config.train_steps)}
+    losses = {r: losses[r] for r in config.regimes}
 
     def fit(model, loss, epochs, lr, k, seed):
         state, hist = train.fit(model, train_ds, loss=loss, epochs=epochs, batch_size=config.batch_size, key=k,
