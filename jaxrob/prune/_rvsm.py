@@ -507,7 +507,8 @@ def channel_sparsity(params: PyTree, *, where: Where | None = None) -> dict[str,
         every selected leaf must have ``ndim >= 2``.
 
     Returns:
-      ``{name: {...}, "total": {...}}`` where each entry holds ``weights``
+      ``{name: {...}, "total": {...}}`` where each layer's entry holds its
+      ``shape`` and each entry ``weights``
       (count), ``zero_fraction`` (unstructured sparsity: fraction of exactly-zero
       weights), ``input_channels`` / ``output_channels`` (sizes of the kernel's
       axes -2 / -1) and ``zero_input_channels`` / ``zero_output_channels``
@@ -536,7 +537,7 @@ def channel_sparsity(params: PyTree, *, where: Where | None = None) -> dict[str,
         in_zero = int(np.sum(~nz.any(axis=tuple(a for a in range(nz.ndim) if a != nz.ndim - 2))))
         out_zero = int(np.sum(~nz.any(axis=tuple(range(nz.ndim - 1)))))
         n_in, n_out = nz.shape[-2], nz.shape[-1]
-        out[name] = {"weights": layer.size, "zero_fraction": layer.sparsity,
+        out[name] = {"shape": tuple(nz.shape), "weights": layer.size, "zero_fraction": layer.sparsity,
                      "input_channels": n_in, "zero_input_channels": in_zero / n_in,
                      "output_channels": n_out, "zero_output_channels": out_zero / n_out}
         for k, v in (("in", n_in), ("in_zero", in_zero), ("out", n_out), ("out_zero", out_zero)):
