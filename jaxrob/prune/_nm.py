@@ -273,7 +273,8 @@ def nm_model(model: Any, *, n: int, m: int, lambda_w: float = 2e-4, axis: int = 
 
         return foreign_apply, params
     if not all(hasattr(model, a) for a in ("apply_fn", "train_apply", "variables")):
-        raise TypeError(f"model must be a jaxrob.models.Model or a tuple (apply_fn, params); got {type(model).__name__}")
+        raise TypeError("model must be a jaxrob.models.Model or a tuple (apply_fn, params); "
+                        f"got {type(model).__name__}")
     _selected(model.params, where, m, axis)  # eager shape checks
     base_apply, base_train = model.apply_fn, model.train_apply
 
