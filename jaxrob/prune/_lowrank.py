@@ -44,6 +44,9 @@ abstract and a summary were available to us):
 * **Uncentred energy.**  ``G_S`` is the second-moment matrix ``X^T X``, not the
   covariance, so that keeping all the energy reproduces ``X`` exactly (a mean
   direction is kept as well).
+* **Noise floor.**  Eigenvalues below ``d * eps(float32) * lambda_max`` (for the
+  outputs, ``lambda_max(X^T X) * ||M||_2^2``) are rounding noise of the float32
+  Gram matrices and count as zero energy.
 * **Output subspace from the unprojected outputs** ``X M`` (not ``X P_S M``).
 * **All layers from one pass of the original network.**  Every layer's subspaces
   come from the inputs it receives in the unmodified model, and all layers are then
@@ -96,7 +99,9 @@ References:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, Mapping, NamedTuple
 
@@ -403,7 +408,15 @@ def layer_inputs(apply_fn: ApplyFn, params: PyTree, x: ArrayLike) -> dict[str, j
     return {k: v[0] if len(v) == 1 else jnp.concatenate(v) for k, v in found.items()}
 
 
+_GRAM_FNS: "collections.OrderedDict[Any, Callable]" = collections.OrderedDict()
+
+
 def _batch_grams(apply_fn: ApplyFn) -> Callable:
+    """The jitted per-batch Gram function of ``apply_fn`` (cached: repeated fits compile once)."""
+    if apply_fn in _GRAM_FNS:
+        _GRAM_FNS.move_to_end(apply_fn)
+        return _GRAM_FNS[apply_fn]
+
     def grams(params, xb):
         out: dict[str, jax.Array] = {}
 
@@ -414,7 +427,10 @@ def _batch_grams(apply_fn: ApplyFn) -> Callable:
         _trace_layers(apply_fn, params, xb, visit)
         return out
 
-    return jax.jit(grams)
+    fn = _GRAM_FNS[apply_fn] = jax.jit(grams)
+    while len(_GRAM_FNS) > 8:
+        _GRAM_FNS.popitem(last=False)
+    return fn
 
 
 def _eig(gram: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -422,6 +438,9 @@ def _eig(gram: jax.Array) -> tuple[jax.Array, jax.Array]:
     gram = 0.5 * (gram + gram.T)
     vals, vecs = jnp.linalg.eigh(gram)
     return jnp.clip(vals[::-1], 0.0, None), vecs[:, ::-1]
+
+
+_eig_jit = jax.jit(_eig)
 
 
 def input_stats(apply_fn: ApplyFn, params: PyTree, x: ArrayLike, *,
@@ -455,10 +474,9 @@ def input_stats(apply_fn: ApplyFn, params: PyTree, x: ArrayLike, *,
         g = fn(params, x[start:start + bs])
         total = g if total is None else jax.tree.map(jnp.add, total, g)
     assert total is not None
-    eig = jax.jit(_eig)
     stats = {}
     for name, spec in specs.items():
-        vals, vecs = eig(total[name])
+        vals, vecs = _eig_jit(total[name])
         stats[name] = LayerStats(spec, total[name], vals, vecs)
     return stats
 
@@ -477,14 +495,26 @@ def _check_energy(name: str, value: Any) -> None:
         raise TypeError(f"{name} must be a number in (0, 1], got {value!r}")
 
 
-def _kept(vals: jax.Array, energy: ArrayLike) -> jax.Array:
-    """Smallest k whose k largest eigenvalues hold an ``energy`` fraction of the total (0 if all zero)."""
+def _kept(vals: jax.Array, energy: ArrayLike, floor: jax.Array) -> jax.Array:
+    """Smallest k whose k largest eigenvalues hold an ``energy`` fraction of the total.
+
+    Eigenvalues at or below ``floor`` (the float32 noise level of the Gram matrix)
+    count as zero, so data with no energy outside an r-dimensional subspace give
+    k <= r, and a layer whose outputs vanish on the data gets k = 0. ``energy >= 1``
+    keeps every direction (k = d).
+    """
     d = vals.shape[0]
+    vals = jnp.where(vals > floor, vals, 0.0)
     total = vals.sum()
     frac = jnp.cumsum(vals) / jnp.where(total > 0, total, 1.0)
     k = jnp.minimum(jnp.sum(frac < energy) + 1, d)
-    k = jnp.where(jnp.asarray(energy) >= 1.0, d, k)
-    return jnp.where(total > 0, k, 0).astype(jnp.int32)
+    k = jnp.where(total > 0, k, 0)
+    return jnp.where(jnp.asarray(energy) >= 1.0, d, k).astype(jnp.int32)
+
+
+def _noise_floor(scale: jax.Array, d: int) -> jax.Array:
+    """Eigenvalues below ``d * eps(float32) * scale`` are rounding noise of a float32 Gram matrix."""
+    return d * jnp.finfo(jnp.float32).eps * scale
 
 
 def _projector(vecs: jax.Array, k: jax.Array) -> jax.Array:
@@ -505,6 +535,21 @@ def _check_stats(stats: Any) -> None:
         raise TypeError("stats must be a non-empty dict {name: LayerStats} from input_stats")
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _layer_subspace(spec: LayerSpec, kernel, gram, eigvals, eigvecs, energy, out_energy):
+    """``(P_S, P_T, k_S, k_T)`` of one layer (one compilation per layer shape)."""
+    m = spec.to_matrix(kernel).astype(jnp.float32)
+    lam_max = eigvals[0]
+    k_in = _kept(eigvals, energy, _noise_floor(lam_max, spec.d_in))
+    p_in = _projector(eigvecs, k_in)
+    g_out = jnp.matmul(m.T, jnp.matmul(gram, m, precision=_HIGHEST), precision=_HIGHEST)
+    out_vals, out_vecs = _eig(g_out)
+    # ||X M||^2 <= lam_max(X^T X) * sigma_max(M)^2 bounds the output eigenvalues.
+    out_scale = lam_max * jnp.linalg.norm(m, ord=2) ** 2
+    k_out = _kept(out_vals, out_energy, _noise_floor(out_scale, max(spec.d_in, spec.d_out)))
+    return p_in, _projector(out_vecs, k_out), k_in, k_out
+
+
 def subspaces(params: PyTree, stats: Mapping[str, LayerStats], *, energy: ArrayLike = 0.99,
               out_energy: ArrayLike | None = None) -> dict[str, LayerSubspace]:
     """Each layer's input and output subspaces at an energy threshold, and its utilization.
@@ -517,7 +562,9 @@ def subspaces(params: PyTree, stats: Mapping[str, LayerStats], *, energy: ArrayL
         output subspaces).
       stats: :func:`input_stats` of the layers.
       energy: fraction of the input second moment ``trace(X^T X)`` kept, in (0, 1];
-        ``1`` keeps every direction (``P_S = I``).
+        ``1`` keeps every direction (``P_S = I``).  Eigenvalues below the float32
+        noise level ``d * eps * lambda_max`` count as zero (so a layer whose
+        outputs vanish on the data has ``k_T = 0``).
       out_energy: the same for the outputs ``X M``; ``None``: ``energy``.
 
     Returns:
@@ -539,13 +586,9 @@ def subspaces(params: PyTree, stats: Mapping[str, LayerStats], *, energy: ArrayL
         if tuple(kernel.shape) != spec.kernel_shape:
             raise ValueError(f"kernel {name!r} has shape {tuple(kernel.shape)} but was fitted with shape "
                              f"{spec.kernel_shape}")
-        m = spec.to_matrix(kernel).astype(jnp.float32)
-        k_in = _kept(st.eigvals, energy)
-        p_in = _projector(st.eigvecs, k_in)
-        g_out = jnp.matmul(m.T, jnp.matmul(st.gram, m, precision=_HIGHEST), precision=_HIGHEST)
-        out_vals, out_vecs = _eig(g_out)
-        k_out = _kept(out_vals, out_energy)
-        p_out = _projector(out_vecs, k_out)
+        p_in, p_out, k_in, k_out = _layer_subspace(dataclasses.replace(spec, name=""), kernel, st.gram, st.eigvals, st.eigvecs,
+                                                   jnp.asarray(energy, jnp.float32),
+                                                   jnp.asarray(out_energy, jnp.float32))  # noqa: E127
         rank = jnp.minimum(k_in, k_out)
         util = rank.astype(jnp.float32) / min(spec.d_in, spec.d_out)
         result[name] = LayerSubspace(spec, p_in, p_out, k_in, k_out, rank, util)
