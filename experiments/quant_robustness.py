@@ -60,10 +60,10 @@ import numpy as np
 from experiments._common import load_splits
 from jaxrob import _io, _validate, data, models, train
 from jaxrob.attacks import accuracy, robust_accuracy
-from jaxrob.quant._binary_relax import (binary_relax_finalize, binary_relax_model, is_kernel, map_weights,
-                                        project_binary, project_ternary, scheduled_model)
+from jaxrob.quant._binary import binary, ternary
+from jaxrob.quant._binary_relax import binary_relax_finalize, binary_relax_model
 from jaxrob.quant._dbq import dbq_bits_per_weight, dbq_finalize, dbq_init_params, dbq_model, dbq_params
-from jaxrob.quant._ste import straight_through
+from jaxrob.quant._tree import is_kernel, leaf_path, quantize_params, quantized_model
 from jaxrob.quant._uniform import fake_quant
 
 NAME = "quant_robustness"
@@ -181,20 +181,15 @@ def _uniform(bits: int) -> Callable[[jax.Array], jax.Array]:
 
 
 def _ternary_ste(w: jax.Array) -> jax.Array:
-    return straight_through(w, project_ternary(w, exact=False))  # TWN threshold 0.7 mean|w|
+    return ternary(w)  # TWN: threshold 0.7 mean|w|, identity STE
 
 
 def _binary_ste(w: jax.Array) -> jax.Array:
-    return straight_through(w, project_binary(w))
-
-
-def _fixed_model(model: models.Model, fn: Callable[[jax.Array], jax.Array]) -> models.Model:
-    """``model`` with ``fn`` applied to every kernel in both modes (QAT with a fixed quantizer)."""
-    return scheduled_model(model, lambda params, step, train: map_weights(params, lambda _, w: fn(w)))
+    return binary(w)  # mean|w| sign(w), identity STE
 
 
 def _bake(model: models.Model, fn: Callable[[jax.Array], jax.Array]) -> models.Model:
-    params = map_weights(model.params, lambda _, w: jax.lax.stop_gradient(fn(w)))
+    params = quantize_params(model.params, lambda w: jax.lax.stop_gradient(fn(w)))
     return dataclasses.replace(model, variables={**model.variables, "params": params})
 
 
@@ -204,7 +199,7 @@ def _size_bits(model: models.Model, bits_per_weight: float | None, scales_per_ke
 
     def count(path, leaf):
         nonlocal total
-        if is_kernel(path, leaf) and bits_per_weight is not None:
+        if is_kernel(leaf_path(path), leaf) and bits_per_weight is not None:
             total += int(math.ceil(bits_per_weight * leaf.size)) + 32 * scales_per_kernel(leaf)
         else:
             total += 32 * leaf.size
@@ -218,7 +213,7 @@ def _distinct_levels(model: models.Model) -> int:
     """Largest number of distinct values in one output channel of one kernel (a sanity check of the rows)."""
     worst = 0
     for path, leaf in jax.tree_util.tree_flatten_with_path(model.params)[0]:
-        if is_kernel(path, leaf):
+        if is_kernel(leaf_path(path), leaf):
             a = np.asarray(leaf).reshape(-1, leaf.shape[-1])
             worst = max(worst, max(len(np.unique(a[:, j])) for j in range(min(a.shape[1], 8))))
     return worst
@@ -314,10 +309,9 @@ def run(config: Config, ctx: Any) -> dict:
 
         def qat_fixed(fn, i):
             def build():
-                wrapped = _fixed_model(fp32, fn)
-                v, _ = fit(wrapped, loss, config.qat_epochs, config.qat_learning_rate, kfold(i), config.seed + 1)
-                return _bake(dataclasses.replace(fp32, variables={"params": v["params"], "batch_stats": {
-                    n: s for n, s in v["batch_stats"].items() if n != "quant_schedule_step"}}), fn)
+                v, _ = fit(quantized_model(fp32, fn), loss, config.qat_epochs, config.qat_learning_rate, kfold(i),
+                           config.seed + 1)
+                return _bake(dataclasses.replace(fp32, variables=v), fn)
             return build
 
         for i, bits in enumerate(config.uniform_bits):

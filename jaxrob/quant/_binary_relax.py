@@ -58,10 +58,10 @@ from jax.typing import ArrayLike
 
 from jaxrob import _validate
 from jaxrob.quant._ste import straight_through
+from jaxrob.quant._tree import Where, _check_where, leaf_path
 
 PyTree = Any
 Quantizer = Callable[[jax.Array], jax.Array]
-Where = Callable[[tuple, jax.Array], bool]
 
 STEP_KEY = "quant_schedule_step"
 """Name of the step counter that scheduled models keep in ``variables["batch_stats"]``."""
@@ -186,26 +186,15 @@ def binary_relax(w: jax.Array, *, eta: ArrayLike, quantizer: Quantizer = project
     return straight_through(w, relaxed)
 
 
-def is_kernel(path: tuple, leaf: jax.Array) -> bool:
-    """Default weight selection: leaves named ``kernel`` (Flax Linear/Conv weights)."""
-    del leaf
-    last = path[-1] if path else None
-    name = getattr(last, "key", getattr(last, "name", None))
-    return name == "kernel"
+def map_weights(params: PyTree, fn: Callable[[str, jax.Array], jax.Array], *, where: Where | None = None) -> PyTree:
+    """Applies ``fn(path, leaf)`` to the leaves selected by ``where(path, leaf)`` (paths as ``"hidden/0/kernel"``).
 
-
-def map_weights(params: PyTree, fn: Callable[[tuple, jax.Array], jax.Array], *, where: Where | None = None) -> PyTree:
-    """Applies ``fn(path, leaf)`` to the leaves selected by ``where(path, leaf)`` (default: ``kernel`` leaves)."""
-    where = is_kernel if where is None else where
-    return jax.tree_util.tree_map_with_path(lambda p, a: fn(p, a) if where(p, a) else a, params)
-
-
-def path_name(path: tuple) -> str:
-    """``('hidden', 0, 'kernel')``-style key path as ``"hidden/0/kernel"``."""
-    parts = []
-    for k in path:
-        parts.append(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))))
-    return "/".join(parts)
+    Like :func:`jaxrob.quant._tree.quantize_params` (same ``where``, default: leaves named ``kernel``) but
+    ``fn`` also receives the leaf's path, for per-tensor learned parameters such as DBQ's scales.
+    """
+    where = _check_where(where)
+    return jax.tree_util.tree_map_with_path(
+        lambda p, a: fn(leaf_path(p), a) if where(leaf_path(p), a) else a, params)
 
 
 def binary_relax_params(params: PyTree, *, eta: ArrayLike, quantizer: Quantizer = project_binary,
@@ -216,7 +205,8 @@ def binary_relax_params(params: PyTree, *, eta: ArrayLike, quantizer: Quantizer 
       params: a params pytree.
       eta: relaxation weight (scalar, may be traced; ``inf`` = exact ``Q``).
       quantizer: per-tensor projection ``w -> Q(w)``.
-      where: ``where(path, leaf) -> bool`` selecting the weights; default kernels.
+      where: ``where(path, leaf) -> bool`` (``path`` like ``"hidden/0/kernel"``)
+        selecting the weights; default: leaves named ``kernel``.
 
     Returns:
       The params pytree with the selected leaves relaxed.
@@ -262,9 +252,9 @@ def eta_schedule(step: ArrayLike, *, steps_per_epoch: int, relax_epochs: int, et
 # Step-scheduled models: the counter rides in batch_stats so that fit compiles once.
 
 
-def scheduled_model(model: Any, transform: Callable[[PyTree, jax.Array], PyTree], *,
+def scheduled_model(model: Any, transform: Callable[..., PyTree], *,
                     forwards_per_step: int = 1, params: PyTree | None = None) -> Any:
-    """A :class:`~jaxrob.models.Model` whose weights are ``transform(params, step)`` at training step ``step``.
+    """A :class:`~jaxrob.models.Model` whose weights are ``transform(params, step, train)`` at step ``step``.
 
     ``step`` is a counter stored in ``variables["batch_stats"][STEP_KEY]``:
     ``train_apply`` uses it and returns it incremented by ``1 / forwards_per_step``
@@ -274,7 +264,8 @@ def scheduled_model(model: Any, transform: Callable[[PyTree, jax.Array], PyTree]
 
     Args:
       model: a jaxrob ``Model``.
-      transform: ``transform(params, step) -> inner params`` (``step`` float32).
+      transform: ``transform(params, step, train) -> inner params`` (``step``
+        float32; ``train`` a Python bool: True in ``train_apply``).
       forwards_per_step: train-mode forward passes per optimizer step.
       params: initial params of the wrapped model (default ``model.params``);
         may hold extra learnable leaves the transform consumes (e.g. DBQ scales).
@@ -297,11 +288,11 @@ def scheduled_model(model: Any, transform: Callable[[PyTree, jax.Array], PyTree]
 
     def apply_fn(variables, x):
         stats, step = split(variables)
-        return inner_apply({"params": transform(variables["params"], step), "batch_stats": stats}, x)
+        return inner_apply({"params": transform(variables["params"], step, False), "batch_stats": stats}, x)
 
     def train_apply(variables, x, *, key=None):
         stats, step = split(variables)
-        logits, new_stats = inner_train({"params": transform(variables["params"], step), "batch_stats": stats},
+        logits, new_stats = inner_train({"params": transform(variables["params"], step, True), "batch_stats": stats},
                                         x, key=key)
         return logits, {**dict(new_stats), STEP_KEY: step + inc}
 
@@ -359,7 +350,8 @@ def binary_relax_model(model: Any, *, steps_per_epoch: int, relax_epochs: int, e
     _validate.number("eta0", eta0, min=0, min_inclusive=False)
     _validate.number("rate", rate, min=1)
 
-    def transform(params, step):
+    def transform(params, step, train):
+        del train  # the same relaxation in both modes (the authors evaluate the relaxed net in phase I)
         eta = eta_schedule(jnp.floor(step).astype(jnp.int32), steps_per_epoch=steps_per_epoch,
                            relax_epochs=relax_epochs, eta0=eta0, rate=rate)
         return binary_relax_params(params, eta=eta, quantizer=quantizer, where=where)

@@ -59,8 +59,9 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxrob import _validate
-from jaxrob.quant._binary_relax import STEP_KEY, Where, is_kernel, map_weights, path_name, scheduled_model
+from jaxrob.quant._binary_relax import STEP_KEY, map_weights, scheduled_model
 from jaxrob.quant._ste import straight_through
+from jaxrob.quant._tree import Where
 
 PyTree = Any
 
@@ -226,7 +227,7 @@ def dbq_init_params(params: PyTree, *, branches: int = 2, where: Where | None = 
     out: dict[str, jax.Array] = {}
 
     def fit(path, w):
-        out[path_name(path)] = dbq_init(w, branches=branches, iterations=iterations)
+        out[path] = dbq_init(w, branches=branches, iterations=iterations)
         return w
 
     map_weights(params, fit, where=where)
@@ -241,7 +242,7 @@ def dbq_params(params: PyTree, scales: dict[str, jax.Array], *, temperature: Arr
 
     Args:
       params: a params pytree.
-      scales: ``{path_name: (K,)}`` from :func:`dbq_init_params`.
+      scales: ``{path: (K,)}`` from :func:`dbq_init_params`.
       temperature: ``None`` (hard) or the relaxation temperature.
       forward: ``"soft"`` or ``"hard"`` (see :func:`dbq`).
       where: weight selection (default: ``kernel`` leaves).
@@ -250,7 +251,7 @@ def dbq_params(params: PyTree, scales: dict[str, jax.Array], *, temperature: Arr
       The params pytree with the selected weights quantized.
     """
     def q(path, w):
-        name = path_name(path)
+        name = path
         if name not in scales:
             raise KeyError(f"no DBQ scales for weight {name!r}; scales has {sorted(scales)}")
         return dbq(w, scales[name], temperature=temperature, forward=forward)
@@ -343,4 +344,4 @@ def dbq_bits_per_weight(branches: int) -> int:
 
 
 __all__ = ["dbq", "dbq_init", "dbq_init_params", "dbq_params", "dbq_levels", "dbq_thresholds", "dbq_branches",
-           "temperature_schedule", "dbq_model", "dbq_finalize", "dbq_bits_per_weight", "is_kernel"]
+           "temperature_schedule", "dbq_model", "dbq_finalize", "dbq_bits_per_weight"]

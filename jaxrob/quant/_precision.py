@@ -51,7 +51,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxrob import _validate
-from jaxrob.quant._binary_relax import Where, is_kernel, path_name
+from jaxrob.quant._tree import Where, _check_where, leaf_path
 
 PyTree = Any
 
@@ -101,7 +101,7 @@ def weight_noise_gains(apply_fn: Callable[[PyTree, jax.Array], jax.Array], param
       batch_size: examples processed at once (memory: one Jacobian per example).
 
     Returns:
-      ``{path_name: E_t}`` (floats).
+      ``{path: E_t}`` (floats).
 
     Example:
       >>> import jax.numpy as jnp
@@ -112,13 +112,13 @@ def weight_noise_gains(apply_fn: Callable[[PyTree, jax.Array], jax.Array], param
     """
     x = _check_batch(x)
     batch_size = _validate.number("batch_size", batch_size, min=1, integer=True)
-    where = is_kernel if where is None else where
+    where = _check_where(where)
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-    chosen = [i for i, (p, a) in enumerate(flat) if where(p, a)]
+    chosen = [i for i, (p, a) in enumerate(flat) if where(leaf_path(p), a)]
     if not chosen:
         raise ValueError("no weights selected: params has no leaf named 'kernel' (pass where=...)")
     leaves = [a for _, a in flat]
-    names = [path_name(flat[i][0]) for i in chosen]
+    names = [leaf_path(flat[i][0]) for i in chosen]
 
     def fn(sites, xi):
         full = list(leaves)
@@ -161,12 +161,12 @@ def activation_noise_gains(hooked_apply: Callable[[PyTree, jax.Array, dict], jax
 
 
 def weight_ranges(params: PyTree, *, where: Where | None = None) -> dict[str, float]:
-    """``r_t = max|t|`` of every selected weight tensor, ``{path_name: r_t}``."""
-    where = is_kernel if where is None else where
+    """``r_t = max|t|`` of every selected weight tensor, ``{path: r_t}``."""
+    where = _check_where(where)
     out = {}
     for p, a in jax.tree_util.tree_flatten_with_path(params)[0]:
-        if where(p, a):
-            out[path_name(p)] = float(jnp.max(jnp.abs(a)))
+        if where(leaf_path(p), a):
+            out[leaf_path(p)] = float(jnp.max(jnp.abs(a)))
     return out
 
 

@@ -68,7 +68,7 @@ def test_bound_upper_bounds_the_measured_mismatch():
     """A tiny trained-like MLP: the mismatch of noisy / quantized weights stays under the bound."""
     k = jax.random.split(jax.random.key(3), 4)
     params = {"l1": {"kernel": jax.random.normal(k[0], (6, 16)) / 2}, "l2": {"kernel": jax.random.normal(k[1], (16, 3)) / 2}}
-    x = jax.random.normal(k[2], (400, 6))
+    x = jax.random.normal(k[2], (300, 6))
 
     def apply_fn(p, x):
         return jnp.tanh(x @ p["l1"]["kernel"]) @ p["l2"]["kernel"]
@@ -87,7 +87,7 @@ def test_bound_upper_bounds_the_measured_mismatch():
                  for (n, p), kk in zip(params.items(), keys)}
         return jnp.mean(jnp.argmax(apply_fn(noisy, x), axis=1) != ref)
 
-    rates = jax.jit(jax.vmap(mismatch))(jax.random.split(jax.random.key(4), 200))
+    rates = jax.jit(jax.vmap(mismatch))(jax.random.split(jax.random.key(4), 100))
     assert float(rates.mean()) <= bound
     # (2) actual fixed-point rounding of the weights (one realisation; loose margin)
     quant = {n: {"kernel": quantize_fixed_point(p["kernel"], bits=bits[f"{n}/kernel"],
