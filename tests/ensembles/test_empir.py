@@ -70,7 +70,7 @@ def test_attack_probs_average_the_agreeing_members():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got.sum(-1), 1.0, rtol=1e-6)
     # Gradients reach only the agreeing members' logits.
-    g = jax.grad(lambda z: jnp.sum(empir_attack_probs(z)[:, 0]))(logits)
+    g = jax.jit(jax.grad(lambda z: jnp.sum(empir_attack_probs(z)[:, 0])))(logits)
     disagree = preds != vote[None]
     assert disagree.any()
     np.testing.assert_array_equal(np.asarray(g)[disagree], 0.0)
@@ -96,18 +96,21 @@ def test_mixed_precision_members():
     q = mixed_precision_model("mlp", weight_bits=2, activation_bits=4, key=KEY, hidden_sizes=(16,))
     from jaxrob import models
     plain = models.create("mlp", key=KEY, hidden_sizes=(16,))
-    np.testing.assert_array_equal(fp.apply_fn(fp.variables, x), plain.apply_fn(plain.variables, x))
+    np.testing.assert_array_equal(jax.jit(fp.apply_fn)(fp.variables, x), jax.jit(plain.apply_fn)(plain.variables, x))
     assert q.name == "mlp_w2a4" and jax.tree.structure(q.variables) == jax.tree.structure(plain.variables)
     # By hand: 4-bit input, DoReFa 2-bit hidden kernel, float head, 4-bit activation.
     from jaxrob.quant._dorefa import dorefa_activations, dorefa_weights
-    p = plain.params
-    h = jnp.round(x * 15) / 15
-    h = ((h - 0.1307) / 0.3081).reshape(4, -1)
-    h = dorefa_activations(h @ dorefa_weights(p["hidden"][0]["kernel"], bits=2) + p["hidden"][0]["bias"], bits=4)
-    want = h @ p["head"]["kernel"] + p["head"]["bias"]
-    np.testing.assert_allclose(q.apply_fn(q.variables, x), want, rtol=1e-5, atol=1e-5)
+
+    @jax.jit
+    def reference(p, x):
+        h = jnp.round(x * 15) / 15
+        h = ((h - 0.1307) / 0.3081).reshape(4, -1)
+        h = dorefa_activations(h @ dorefa_weights(p["hidden"][0]["kernel"], bits=2) + p["hidden"][0]["bias"], bits=4)
+        return h @ p["head"]["kernel"] + p["head"]["bias"]
+
+    np.testing.assert_allclose(jax.jit(q.apply_fn)(q.variables, x), reference(plain.params, x), rtol=1e-5, atol=1e-5)
     # QAT: the gradient of the quantized model w.r.t. the float variables is the STE gradient.
-    g = jax.grad(lambda v: q.apply_fn(v, x)[:, 3].sum())(q.variables)["params"]
+    g = jax.jit(jax.grad(lambda v: q.apply_fn(v, x)[:, 3].sum()))(q.variables)["params"]
     assert float(jnp.abs(g["head"]["kernel"]).sum()) > 0
     assert np.all(np.isfinite(np.asarray(g["hidden"][0]["kernel"])))
     assert hidden_kernels("hidden/0/kernel", None) and not hidden_kernels("head/kernel", None)
