@@ -65,12 +65,29 @@ def _sort_keys(scores: jax.Array) -> jax.Array:
     return jax.lax.bitcast_convert_type(i, jnp.uint32) ^ jnp.uint32(0x80000000)
 
 
+def _kth_largest_radix(keys: jax.Array, k: jax.Array) -> jax.Array:
+    """The largest ``t`` with ``#{keys >= t} >= k``: bit-by-bit radix select, 32 counting passes, no sort."""
+    def body(b, t):
+        cand = t | (jnp.uint32(1) << (31 - b).astype(jnp.uint32))
+        return jnp.where(jnp.sum(keys >= cand, dtype=jnp.int32) >= k, cand, t)
+
+    return jax.lax.fori_loop(0, 32, body, jnp.uint32(0))
+
+
+def _kth_largest_sort(keys: jax.Array, k: jax.Array) -> jax.Array:
+    """The same value from one sort of the keys."""
+    n = keys.shape[0]
+    return jnp.sort(keys)[jnp.clip(n - k, 0, n - 1)]
+
+
 def _keep_largest_flat(scores: jax.Array, num_keep: jax.Array) -> jax.Array:
     """Bool mask of the ``num_keep`` largest entries of the 1-D ``scores``; lower index wins ties.
 
-    No sort: the ``num_keep``-th largest value is found by a radix select over
-    the 32 bits of order-preserving integer keys (32 vectorised counting passes,
-    much faster than XLA's comparison sort on CPU); everything above it is
+    The ``num_keep``-th largest value ``t`` is found on order-preserving integer
+    keys of the scores -- on CPU by a radix select over their 32 bits (32
+    vectorised counting passes; XLA:CPU's comparison sort is ~10x slower), on
+    other platforms by one sort (fast there, while 32 dependent passes cost
+    32 kernel launches); both give the same ``t``. Everything above ``t`` is
     kept, and of the entries equal to it the first ``num_keep - #{> t}`` in
     index order. ``num_keep`` may be traced.
     """
@@ -79,12 +96,7 @@ def _keep_largest_flat(scores: jax.Array, num_keep: jax.Array) -> jax.Array:
         return jnp.zeros((0,), bool)
     keys = _sort_keys(scores)
     k = jnp.asarray(num_keep, jnp.int32)
-
-    def body(b, t):
-        cand = t | (jnp.uint32(1) << (31 - b).astype(jnp.uint32))
-        return jnp.where(jnp.sum(keys >= cand, dtype=jnp.int32) >= k, cand, t)
-
-    t = jax.lax.fori_loop(0, 32, body, jnp.uint32(0))  # the largest key with #{keys >= t} >= k
+    t = jax.lax.platform_dependent(keys, k, cpu=_kth_largest_radix, default=_kth_largest_sort)
     above = keys > t
     ties = keys == t
     room = k - jnp.sum(above, dtype=jnp.int32)

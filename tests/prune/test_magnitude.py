@@ -42,6 +42,19 @@ def test_topk_mask_signed_scores_zeros_and_extremes():
         np.testing.assert_array_equal(topk_mask(jnp.asarray(scores), sparsity=s), _reference_keep(scores, s))
 
 
+def test_radix_select_and_sort_threshold_agree():
+    """The CPU (radix select) and accelerator (sort) paths find the same k-th largest key."""
+    from jaxrob.prune._magnitude import _kth_largest_radix, _kth_largest_sort, _sort_keys
+    rng = np.random.default_rng(4)
+    x = (rng.integers(-6, 6, size=97) * 0.37).astype(np.float32)
+    keys = _sort_keys(jnp.asarray(x))
+    ks = jnp.arange(1, 98, dtype=jnp.int32)
+    radix = jax.vmap(lambda k: _kth_largest_radix(keys, k))(ks)
+    np.testing.assert_array_equal(radix, jax.vmap(lambda k: _kth_largest_sort(keys, k))(ks))
+    # and the keys order like the floats
+    np.testing.assert_array_equal(np.argsort(np.asarray(keys), kind="stable"), np.argsort(x, kind="stable"))
+
+
 def test_topk_mask_all_equal_and_errors():
     np.testing.assert_array_equal(topk_mask(jnp.zeros(5), sparsity=0.4), [True, True, True, False, False])
     with pytest.raises(ValueError, match=r"sparsity must be <= 1"):
