@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                     "seconds_compile_all_three": compile_s, "load_average": C.load_average(),
                     "all_ms": {k: [1e3 * s for s in v[1]] for k, v in zip(steps, times)}}
             time_rows.append(trow)
-            print(f"{name} int{bits}: logits diff {lrow['max_abs_logit_diff']:.3g}; step jaxrob "
+            print(f"{name} int{bits}: logits jaxrob-qwix {lrow['max_abs_diff_jaxrob_qat_vs_qwix_qat']:.3g}; step jaxrob "
                   f"{trow['ms_jaxrob']:.2f} ms, qwix {trow['ms_qwix']:.2f} ms, float {trow['ms_float']:.2f} ms",
                   flush=True)
     res.update(weights=weight_rows, logits=logit_rows, timing=time_rows, checks=checks)
