@@ -9,17 +9,18 @@ crossbar's ADCs must still resolve its densest column), while D.U.B. sparsity
 Pipeline (all phases through :func:`jaxrob.train.fit`):
 
 1. **dense**: train the network (the pretrained starting point).
-2. From it, continue training for ``dub_epochs`` twice with L2 weight decay:
-   with the balance regularizer (:func:`jaxrob.prune._dub.dub_loss`, strength
-   ``dub_strength``) and without it (strength 0).
-3. Prune and fine-tune ``finetune_epochs`` with fixed masks:
+2. **D.U.B.** (:func:`jaxrob.prune._dub.dub_fit`): from the dense network,
+   ``dub_epochs`` with the balance regularizer (strength ``dub_strength``) and
+   L2 weight decay, :func:`~jaxrob.prune._dub.dub_masks`, then
+   ``finetune_epochs`` with the masks fixed.
+3. From the dense network, the same ``dub_epochs`` with weight decay but
+   without the regularizer; then, fine-tuned like D.U.B.:
 
-   * **D.U.B.**: :func:`~jaxrob.prune._dub.dub_masks` of the regularised model;
    * **D.U. (no balance regularizer)**: the same power-of-two balanced
-     pruning of the unregularised model (an ablation of the "B" regularizer);
-   * **unstructured magnitude**: per-layer magnitude pruning of the
-     unregularised model to D.U.B.'s per-layer sparsity (the paper's
-     layer-by-layer unstructured baseline, at matched sparsity).
+     pruning (an ablation of the "B" regularizer);
+   * **unstructured magnitude**: per-layer magnitude pruning to D.U.B.'s
+     per-layer sparsity (the paper's layer-by-layer unstructured baseline, at
+     matched sparsity).
 
 Every row reports test accuracy after pruning and after fine-tuning, sparsity,
 crossbars in use, the mean ADC resolution and the ADC-energy improvement over
@@ -58,7 +59,7 @@ import numpy as np
 
 from experiments._common import load_splits
 from jaxrob import _io, _validate, data, models, train
-from jaxrob.prune._dub import crossbar_report, dub_loss, dub_masks
+from jaxrob.prune._dub import balance_penalty, crossbar_report, dub_fit, dub_masks
 from jaxrob.prune._magnitude import topk_mask
 from jaxrob.prune._masks import apply_masks, masked_model, named_leaves, path_name, sparsity
 
@@ -220,7 +221,7 @@ class _Ctx:
 
 
 def _markdown(config: Config, rows: dict, dense_acc: float, n_eval: int, n_crossbars: int, seconds: float,
-              layer_tables: dict) -> str:
+              layer_tables: dict, penalties: dict) -> str:
     c = config.crossbar
     sel = ("convolution kernels" if config.layers == "conv" else
            "kernels except the classifier" if config.layers == "hidden" else "kernels")
@@ -262,6 +263,8 @@ def _markdown(config: Config, rows: dict, dense_acc: float, n_eval: int, n_cross
         f"other two rows; D.U.B. levels from the densest column's count of {how}; fine-tuning "
         f"{config.finetune_epochs} epochs (SGD {config.finetune_lr:g}, momentum {config.finetune_momentum:g}) "
         "with fixed masks. Unstructured magnitude is pruned per layer to D.U.B.'s per-layer sparsity. "
+        f"Balance penalty (sum over crossbars of the variance of the columns' relaxed L0) after the continued "
+        f"training: {penalties['dub']:.1f} with the regularizer, {penalties['no_regularizer']:.1f} without. "
         f"Wall time {seconds:.0f} s.",
         "",
         "Per-layer crossbar figures of D.U.B. (after fine-tuning, masks fixed):",
@@ -314,59 +317,74 @@ def run(config: Config, ctx: Any) -> dict:
     dense_acc = accuracy(dense.apply_fn, dense.variables)
     log.info(f"  dense accuracy {100 * dense_acc:.2f}%")
 
-    # 2. continued training, with and without the balance regularizer
     cont_opt = _optimizer(config, config.dub_lr, config.dub_weight_decay, config.momentum)
-    trained = {}
-    for label, strength, k in (("reg", config.dub_strength, k_reg), ("noreg", 0.0, k_noreg)):
-        log.info(f"continued training ({label}): {config.dub_epochs} epochs, strength {strength:g}")
-        loss = dub_loss(train.cross_entropy(), strength=strength, crossbar=crossbar, gate=config.gate, where=where)
-        st, hist = train.fit(dense, train_ds, loss=loss, optimizer=cont_opt, epochs=config.dub_epochs, key=k,
-                             seed=config.seed + 1, **common)
-        trained[label] = (dataclasses.replace(dense, variables=st.variables()), hist)
-        log.info(f"  balance penalty {hist[-1]['balance_penalty']:.1f}, accuracy "
-                 f"{100 * accuracy(dense.apply_fn, st.variables()):.2f}%")
-
-    # 3. masks
-    prune_kw = ({"sparsity": config.prune_sparsity} if config.prune_sparsity else {"tol": config.prune_tol})
-    reg_model, noreg_model = trained["reg"][0], trained["noreg"][0]
-    masks = {"D.U.B.": (reg_model, dub_masks(reg_model.params, crossbar=crossbar, where=where, **prune_kw))}
-    per_layer = sparsity(masks["D.U.B."][1], where=where).per_layer
-    masks["D.U. (no balance regularizer)"] = (
-        noreg_model, dub_masks(noreg_model.params, crossbar=crossbar, where=where, **prune_kw))
-    masks["unstructured magnitude"] = (noreg_model, _magnitude_masks(noreg_model.params, per_layer, where))
-
-    # 4. fine-tune with fixed masks, measure
-    rows: dict[str, dict] = {}
-    layer_tables = {}
     ft_opt = _optimizer(config, config.finetune_lr, 0.0, config.finetune_momentum)
-    for i, (name, (model, m)) in enumerate(masks.items()):
-        pruned = masked_model(model, m)
-        acc_pruned = accuracy(pruned.apply_fn, pruned.variables)
-        if config.finetune_epochs:
-            st, _ = train.fit(pruned, train_ds, optimizer=ft_opt, epochs=config.finetune_epochs,
-                              key=jax.random.fold_in(k_ft, i), seed=config.seed + 2, **common)
-            variables = st.variables()
-            variables = {**variables, "params": apply_masks(variables["params"], m)}
-        else:
-            variables = pruned.variables
-        acc_ft = accuracy(pruned.apply_fn, variables)
-        rep = crossbar_report(variables["params"], crossbar=crossbar, where=where)
+    prune_kw = ({"sparsity": config.prune_sparsity} if config.prune_sparsity else {"tol": config.prune_tol})
+    rows: dict[str, dict] = {}
+    layer_tables: dict[str, str] = {}
+    penalties: dict[str, list[float]] = {}
+
+    def measure(name, masks, pruned_vars, final_vars):
+        # both variable sets hold the masked weights, so the dense apply_fn evaluates them (one compile)
+        acc_pruned = accuracy(dense.apply_fn, pruned_vars)
+        acc_ft = accuracy(dense.apply_fn, final_vars)
+        rep = crossbar_report(final_vars["params"], crossbar=crossbar, where=where)
         rows[name] = {"acc_pruned": acc_pruned, "acc_finetuned": acc_ft, "report": rep.as_dict(),
-                      "per_layer_sparsity": sparsity(m, where=where).per_layer}
+                      "per_layer_sparsity": sparsity(masks, where=where).per_layer}
         layer_tables[name] = rep.table()
         log.info(f"{name}: sparsity {100 * rep.sparsity:.2f}%, accuracy {100 * acc_pruned:.2f}% -> "
                  f"{100 * acc_ft:.2f}%, crossbars {rep.crossbars_used}/{rep.crossbars}, ADC energy "
                  f"{rep.adc_improvement():.2f}x (exp.) {rep.adc_improvement('linear'):.2f}x (lin.)")
 
+    # 2. D.U.B.: regularised training, power-of-two balanced pruning, fine-tuning with the masks fixed
+    log.info(f"D.U.B.: {config.dub_epochs} epochs with the balance regularizer (strength {config.dub_strength:g}), "
+             f"pruning, {config.finetune_epochs} epochs of fine-tuning")
+    res = dub_fit(dense, train_ds, crossbar=crossbar, strength=config.dub_strength, epochs=config.dub_epochs,
+                  finetune_epochs=config.finetune_epochs, batch_size=config.batch_size, key=k_reg,
+                  optimizer=cont_opt, finetune_optimizer=ft_opt, gate=config.gate, where=where,
+                  seed=config.seed + 1, progress=ctx.progress, **prune_kw)
+
+    def penalty(params) -> float:
+        return float(balance_penalty(params, crossbar=crossbar, where=where, gate=config.gate))
+
+    penalties["dub_epoch_means"] = [h["balance_penalty"] for h in res.history["regularized"]]
+    penalties["dub"] = penalty(res.regularized["params"])
+    log.info(f"  balance penalty {penalties['dub']:.1f}, accuracy before pruning "
+             f"{100 * accuracy(dense.apply_fn, res.regularized):.2f}%")
+    measure("D.U.B.", res.masks, res.pruned, res.model.variables)
+    per_layer = sparsity(res.masks, where=where).per_layer
+
+    # 3. the same continued training without the regularizer, then the two baselines' masks
+    log.info(f"continued training without the regularizer: {config.dub_epochs} epochs")
+    # strength 0 is plain cross-entropy (the penalty is only measured, once, at the end)
+    st, _ = train.fit(dense, train_ds, optimizer=cont_opt, epochs=config.dub_epochs, key=k_noreg,
+                      seed=config.seed + 1, **common)
+    noreg = dataclasses.replace(dense, variables=st.variables())
+    penalties["no_regularizer"] = penalty(noreg.params)
+    log.info(f"  balance penalty {penalties['no_regularizer']:.1f}, accuracy "
+             f"{100 * accuracy(noreg.apply_fn, noreg.variables):.2f}%")
+    baselines = {"D.U. (no balance regularizer)": dub_masks(noreg.params, crossbar=crossbar, where=where, **prune_kw),
+                 "unstructured magnitude": _magnitude_masks(noreg.params, per_layer, where)}
+
+    # 4. fine-tune the baselines with their masks fixed, measure
+    for i, (name, m) in enumerate(baselines.items()):
+        pruned = masked_model(noreg, m)
+        variables = pruned.variables
+        if config.finetune_epochs:
+            st, _ = train.fit(pruned, train_ds, optimizer=ft_opt, epochs=config.finetune_epochs,
+                              key=jax.random.fold_in(k_ft, i), seed=config.seed + 2, **common)
+            variables = {**st.variables(), "params": apply_masks(st.params, m)}
+        measure(name, m, pruned.variables, variables)
+
     seconds = time.perf_counter() - t_start
     n_crossbars = next(iter(rows.values()))["report"]["crossbars"]
     _io.write_text(ctx.run_dir / "results.md",
-                   _markdown(config, rows, dense_acc, len(y_test), n_crossbars, seconds, layer_tables))
+                   _markdown(config, rows, dense_acc, len(y_test), n_crossbars, seconds, layer_tables, penalties))
     results = {
         "eval_examples": int(len(y_test)),
         "dense_accuracy": dense_acc,
         "rows": rows,
-        "balance_penalty": {k: [h["balance_penalty"] for h in v[1]] for k, v in trained.items()},
+        "balance_penalty": penalties,
         "seconds": seconds,
         "paper": PAPER,
         "config": dataclasses.asdict(config),

@@ -128,16 +128,21 @@ def test_penalty_gradient_matches_finite_differences_of_the_relaxation():
     rng = _rng(6)
     with jax.enable_x64(True):
         w = jnp.asarray(rng.normal(size=(12, 6)) * (rng.random((12, 6)) < 0.7) + 0.05, jnp.float64)
-        f = jax.jit(lambda v: balance_penalty({"k": {"kernel": v}}, crossbar=(8, 4), gate=False))
-        g = np.asarray(jax.grad(f)(w))
         h = 1e-6
-        eye = np.eye(w.size).reshape((w.size,) + w.shape) * h
-        fd = np.asarray(jax.vmap(lambda e: (f(w + e) - f(w - e)) / (2 * h))(jnp.asarray(eye))).reshape(w.shape)
+        eye = jnp.asarray(np.eye(w.size).reshape((w.size,) + w.shape) * h)
+
+        @jax.jit  # one compile for every piece
+        def pieces(v, eye):
+            plain = lambda u: balance_penalty({"k": {"kernel": u}}, crossbar=(8, 4), gate=False)  # noqa: E731
+            gated = lambda u: balance_penalty({"k": {"kernel": u}}, crossbar=(8, 4))  # noqa: E731
+            hoy = lambda u: relaxed_l0(u, crossbar=(8, 4))  # noqa: E731
+            fd = jax.vmap(lambda e: (plain(v + e) - plain(v - e)) / (2 * h))(eye).reshape(v.shape)
+            return jax.grad(plain)(v), fd, hoy(v), jax.jacobian(hoy)(v), jax.grad(gated)(v)
+
+        g, fd, hv, jac, got = (np.asarray(a) for a in pieces(w, eye))
         np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-6)
 
         # gated: the chain rule with only the positive part of dPenalty/dH passed to the relaxed L0 norms
-        hoy = lambda v: relaxed_l0(v, crossbar=(8, 4))  # noqa: E731
-        hv = np.asarray(hoy(w))
         var_grad = np.zeros_like(hv)
         valid = np.zeros_like(hv, bool)
         valid[:, 0, :] = True
@@ -147,9 +152,7 @@ def test_penalty_gradient_matches_finite_differences_of_the_relaxation():
                 sel = valid[i, j]
                 x = hv[i, j, sel]
                 var_grad[i, j, sel] = 2 * (x - x.mean()) / (len(x) - 1)
-        jac = jax.jacobian(hoy)(w)                       # (gr, gc, cols, 12, 6)
-        want = np.einsum("abc,abcij->ij", np.maximum(var_grad, 0.0), np.asarray(jac))
-        got = np.asarray(jax.grad(lambda v: balance_penalty({"k": {"kernel": v}}, crossbar=(8, 4)))(w))
+        want = np.einsum("abc,abcij->ij", np.maximum(var_grad, 0.0), jac)   # jac: (gr, gc, cols, 12, 6)
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
         assert not np.allclose(got, g)
 
@@ -167,26 +170,29 @@ def _linear(params, x):
 
 
 def _linear_params(seed=0):
-    k = jax.random.normal(jax.random.key(seed), (28 * 28, 10)) * 0.05
-    return {"dense": {"kernel": k, "bias": jnp.zeros(10)}}
+    k = _rng(seed).normal(size=(28 * 28, 10)).astype(np.float32) * 0.05
+    return {"dense": {"kernel": k, "bias": np.zeros(10, np.float32)}}
 
 
 def test_dub_loss_adds_the_penalty():
     params = _linear_params()
     fns = train.ModelFns(_linear, None)
-    x = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1))
-    y = jnp.array([0, 1, 2, 3])
+    x = _rng(1).random((4, 28, 28, 1)).astype(np.float32)
+    y = np.array([0, 1, 2, 3], np.int32)
     base = train.cross_entropy()
     k = jax.random.key(2)
-    run = lambda loss: jax.jit(lambda p: loss(fns, p, {}, x, y, key=k))(params)  # noqa: E731
-    l0, _ = run(base)
     reg = dub_loss(base, strength=0.5, crossbar=(16, 4))
-    l1, (_, metrics) = run(reg)
-    pen = balance_penalty(params, crossbar=(16, 4))
+    zero = dub_loss(base, strength=0.0, crossbar=16)
+
+    @jax.jit  # one compile for the three losses
+    def losses(p):
+        (l0, _), (l1, (_, metrics)), (l2, _) = (f(fns, p, {}, x, y, key=k) for f in (base, reg, zero))
+        return l0, l1, metrics, l2, balance_penalty(p, crossbar=(16, 4))
+
+    l0, l1, metrics, l2, pen = losses(params)
     np.testing.assert_allclose(float(l1), float(l0) + 0.5 * float(pen), rtol=1e-6)
     assert float(metrics["balance_penalty"]) == pytest.approx(float(pen), rel=1e-6)
     assert float(metrics["task_loss"]) == pytest.approx(float(l0), rel=1e-6)
-    l2, _ = run(dub_loss(base, strength=0.0, crossbar=16))
     assert float(l2) == float(l0)
     assert reg.name == "dub+cross_entropy" and reg.config["dub_strength"] == 0.5
     with pytest.raises(ValueError, match="strength must be >= 0"):
@@ -332,12 +338,14 @@ def test_dub_beats_unbalanced_magnitude_masks_on_adc_energy():
 
 # ---------------------------------------------------------------------------------------------------- fit
 
-def test_dub_fit_runs_the_three_phases():
+@pytest.mark.slow  # two compiled train steps; the dub experiment's smoke test runs dub_fit on a jaxrob model
+def test_dub_fit_runs_the_three_phases_on_a_foreign_model():
     rng = _rng(12)
     x = rng.random((64, 28, 28, 1)).astype(np.float32)
     y = rng.integers(0, 10, 64).astype(np.int32)
     ds = data.from_arrays((x * 255).astype(np.uint8), y, num_classes=10, name="tiny")
-    res = dub_fit((_linear, _linear_params()), ds, crossbar=(64, 8), strength=1e-3, epochs=1, finetune_epochs=1, batch_size=32,
+    res = dub_fit((_linear, _linear_params()), ds, crossbar=(64, 8), strength=1e-3, epochs=1, finetune_epochs=1,
+                  batch_size=32,
                   key=jax.random.key(1), optimizer={"name": "sgd", "learning_rate": 0.05, "weight_decay": 1e-3},
                   finetune_optimizer={"name": "sgd", "learning_rate": 0.01, "momentum": 0.0}, sparsity=0.6,
                   progress=False)
