@@ -162,6 +162,7 @@ def _context(ctx: Any) -> tuple[Any, bool]:
         log = logging.getLogger(f"jaxrob.run.{NAME}.{run_dir}")
         if not log.handlers:
             log.setLevel(logging.INFO)
+            log.propagate = False
             log.addHandler(logging.StreamHandler(sys.stderr))
         return _Ctx(run_dir=run_dir, resume=False, progress=False, log=log), True
     return ctx, False
