@@ -21,7 +21,8 @@ clean and robust accuracy.
 
 Run it:
 
-    jaxrob run prune_robust                  # preset small: cnn_small on 3,000 mnist10k digits, CPU minutes
+    jaxrob run prune_robust                  # preset small: cnn_small on 3,000 mnist10k digits (25 s on an H100;
+                                             # over 10 min on 2 idle CPU cores: did not finish in 600 s)
     jaxrob run prune_robust --preset paper   # ResNet-20 on CIFAR-10 via TFDS, 200 epochs (the reference's recipe)
 
 Outputs in ``runs/prune_robust/<timestamp>/``: ``results.md`` (the table),

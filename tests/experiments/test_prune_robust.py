@@ -36,12 +36,31 @@ def test_presets_validate():
         dataclasses.replace(small, groups="filter").validate()
 
 
+def _ctx(tmp_path):
+    return RunContext(run_dir=tmp_path, resume=False, progress=False, log=logging.getLogger("test_prune_robust"))
+
+
+def test_rgsm_row_alone(tmp_path):
+    """The fast check (one training compile): RGSM zeroes whole input channels of conv2 and nothing else."""
+    from experiments import prune_robust as e
+    config = dataclasses.replace(e.PRESETS["small"], **{**TINY, "apgd_steps": 0}, methods=("rgsm",))
+    results = e.run(config, _ctx(tmp_path))
+    (row,) = results["rows"].values()
+    assert 0.0 <= row["pgd"] <= row["clean"] <= 1.0 and "apgd" not in row   # apgd_steps=0 skips APGD
+    conv2 = row["sparsity"]["conv2/kernel"]
+    assert 0.0 < conv2["zero_input_channels"] < 1.0
+    assert conv2["zero_fraction"] == pytest.approx(conv2["zero_input_channels"])   # only whole channels
+    assert row["sparsity"]["conv1/kernel"]["zero_fraction"] == 0.0
+    table = (tmp_path / "results.md").read_text()
+    assert "| PGD-AT + RGSM |" in table and "PGD-AT (unpruned)" not in table
+
+
+@pytest.mark.slow
 def test_prune_robust_runs_and_writes_results(tmp_path):
     from experiments import prune_robust as e
     config = dataclasses.replace(e.PRESETS["small"], **TINY)
     config.validate()
-    ctx = RunContext(run_dir=tmp_path, resume=False, progress=False, log=logging.getLogger("test_prune_robust"))
-    results = e.run(config, ctx)
+    results = e.run(config, _ctx(tmp_path))
     _io.write_json(tmp_path / "results.json", results)   # JSON-serialisable, as `jaxrob run` writes it
     rows = results["rows"]
     assert list(rows) == ["baseline", "rvsm", "rgsm"]
