@@ -112,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     res: dict[str, Any] = {"benchmark": "quant_vs_qwix", "environment": C.environment(), "qwix": qwix.__version__,
                            "batch": args.batch, "repeats": args.repeats}
     x_test, _, src = C.mnist10k("test")
-    x_eval = x_test[:200]          # not 256: qwix identifies weights by shape as a fallback, and (256, 256) activations of
-    #                                 the mlp would look like its 256x256 kernel (qwix flax_util.find_param, "approach 2")
+    # not 256 examples: qwix identifies weights by shape as a fallback, and (256, 256) activations of the
+    # mlp would look like its 256x256 kernel (qwix flax_util.find_param, "approach 2")
+    x_eval = x_test[:200]
     rng = np.random.default_rng(0)
     xb = jnp.asarray(x_test[:args.batch])
     yb = jnp.asarray(rng.integers(0, 10, args.batch).astype(np.int32))
@@ -180,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
                     "seconds_compile_all_three": compile_s, "load_average": C.load_average(),
                     "all_ms": {k: [1e3 * s for s in v[1]] for k, v in zip(steps, times)}}
             time_rows.append(trow)
-            print(f"{name} int{bits}: logits jaxrob-qwix {lrow['max_abs_diff_jaxrob_qat_vs_qwix_qat']:.3g}; step jaxrob "
+            print(f"{name} int{bits}: logits jaxrob-qwix {lrow['max_abs_diff_jaxrob_qat_vs_qwix_qat']:.3g}; "
+                  f"step jaxrob "
                   f"{trow['ms_jaxrob']:.2f} ms, qwix {trow['ms_qwix']:.2f} ms, float {trow['ms_float']:.2f} ms",
                   flush=True)
     res.update(weights=weight_rows, logits=logit_rows, timing=time_rows, checks=checks)
@@ -203,10 +205,12 @@ def main(argv: list[str] | None = None) -> int:
         [[r["model"], r["bits"], r["ms_jaxrob"], r["ms_qwix"], r["ms_float"], r["ratio_jaxrob_over_qwix"]]
          for r in time_rows])
     env = res["environment"]
-    head = (f"jaxrob vs qwix {res['qwix']} weight fake quantization; device {env['device_kind']}, {env['cores']} cores, "
+    head = (f"jaxrob vs qwix {res['qwix']} weight fake quantization; device {env['device_kind']}, "
+            f"{env['cores']} cores, "
             f"jax {env['jax']}, batch {args.batch}, median of {args.repeats}; load average at start "
             f"{env['load_average_at_start']}")
-    md = f"{head}\n\n### Fake-quantized kernels\n\n{t_w}\n\n### QAT model logits (max absolute differences)\n\n{t_l}\n\n### One QAT train step\n\n{t_t}\n"
+    md = (f"{head}\n\n### Fake-quantized kernels\n\n{t_w}\n\n### QAT model logits (max absolute differences)\n\n"
+          f"{t_l}\n\n### One QAT train step\n\n{t_t}\n")
     print("\n" + md)
     res["table_markdown"] = md
     failed = [c for c, ok in checks.items() if not ok]

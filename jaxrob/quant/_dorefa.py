@@ -94,5 +94,6 @@ def dorefa_activations(x: ArrayLike, *, bits: int) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames="bits")
 def _dorefa_activations(x, *, bits):
-    inside = (x >= 0) & (x <= 1)                       # gradient 1 on the closed interval (jnp.clip gives 1/2 at the ends)
+    # gradient 1 on the closed interval (jnp.clip's would be 1/2 at the ends)
+    inside = (x >= 0) & (x <= 1)
     return quantize_k(jnp.where(inside, x, jax.lax.stop_gradient(jnp.clip(x, 0.0, 1.0))), bits=bits)

@@ -34,17 +34,18 @@ def _mlp(seed=0):
 
 def test_quantize_params_selects_kernels_by_default_and_where():
     m = _mlp()
-    q = quantize_params(m.variables, FQ4)
-    for path, leaf in jax.tree_util.tree_leaves_with_path(m.variables):
-        name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-        got = q
-        for k in path:
-            got = got[getattr(k, "key", getattr(k, "idx", None))]
-        if is_kernel(name, leaf):
-            assert max(len(np.unique(np.asarray(got)[:, j])) for j in range(got.shape[1])) <= 15
-        else:
-            np.testing.assert_array_equal(got, leaf)
-    q_head = quantize_params(m.params, binary, where=lambda p, leaf: p.startswith("head/"))
+    q, q_head = jax.jit(lambda v: (quantize_params(v, FQ4),
+                                   quantize_params(v["params"], binary, where=lambda p, leaf: p.startswith("head/")))
+                        )(m.variables)
+    for (kernel, bias), (k0, b0) in [((q["params"]["hidden"][0]["kernel"], q["params"]["hidden"][0]["bias"]),
+                                      (m.params["hidden"][0]["kernel"], m.params["hidden"][0]["bias"])),
+                                     ((q["params"]["head"]["kernel"], q["params"]["head"]["bias"]),
+                                      (m.params["head"]["kernel"], m.params["head"]["bias"]))]:
+        k = np.asarray(kernel)
+        assert max(len(np.unique(k[:, j])) for j in range(k.shape[1])) <= 15      # 4-bit narrow range per column
+        assert not np.array_equal(k, k0)
+        np.testing.assert_array_equal(bias, b0)                                     # biases untouched
+    assert is_kernel("hidden/0/kernel", None) and not is_kernel("hidden/0/bias", None)
     assert len(np.unique(np.asarray(q_head["head"]["kernel"]))) == 2
     assert len(np.unique(np.asarray(q_head["head"]["bias"]))) <= 2
     np.testing.assert_array_equal(q_head["hidden"][0]["kernel"], m.params["hidden"][0]["kernel"])
@@ -55,36 +56,32 @@ def test_qat_through_fit_and_ptq_through_apply_fn(digits):
     m = _mlp()
     qm = quantized_model(m, FQ4)
     assert qm.name == m.name and qm.variables is m.variables
-    # QAT: the real training loop on the quantized model
+    # QAT: the real training loop on the quantized model; PTQ: the same loop on the float model, then quantize
     state, hist = fit(qm, ds, key=jax.random.key(1), **FIT)
     assert hist[-1]["loss"] < hist[0]["loss"]
-    v = state.variables()
+    fstate, _ = fit(m, ds, key=jax.random.key(1), **FIT)
+    v, fv = state.variables(), fstate.variables()
 
-    @jax.jit
-    def evaluate(v, x):
+    def loss(apply_fn, p, xb):
+        return jnp.mean(jax.nn.logsumexp(apply_fn({"params": p, "batch_stats": {}}, xb), axis=1))
+
+    @jax.jit                                               # one compile for all the checks
+    def evaluate(v, fv, x):
         ptq = quantize_params(v, FQ4)
-        return qm.apply_fn(v, x), m.apply_fn(ptq, x), m.apply_fn(v, x), ptq
+        g_qat = jax.grad(functools.partial(loss, qm.apply_fn))(v["params"], x[:32])
+        g_ref = jax.grad(functools.partial(loss, m.apply_fn))(ptq["params"], x[:32])
+        return (qm.apply_fn(v, x), m.apply_fn(ptq, x), ptq, g_qat, g_ref,
+                m.apply_fn(fv, x), m.apply_fn(quantize_params(fv, FQ8), x))
 
-    lq, lptq, lfloat, ptq = evaluate(v, x)
+    lq, lptq, ptq, g_qat, g_ref, l32, l8 = evaluate(v, fv, x)
     np.testing.assert_array_equal(lq, lptq)               # apply_fn of the quantized model == PTQ of its weights
     acc_qat = float(np.mean(np.asarray(lq).argmax(1) == y))
     assert acc_qat > 0.6, acc_qat                          # trained (chance: 0.1)
     k = np.asarray(ptq["params"]["hidden"][0]["kernel"])
     assert max(len(np.unique(k[:, j])) for j in range(k.shape[1])) <= 15
-
     # QAT gradient = the float model's gradient at the quantized weights (STE inside the abs-max range)
-    def loss(apply_fn, p, xb):
-        return jnp.mean(jax.nn.logsumexp(apply_fn({"params": p, "batch_stats": {}}, xb), axis=1))
-
-    g_qat, g_ref = jax.jit(lambda p, xb: (jax.grad(functools.partial(loss, qm.apply_fn))(p, xb),
-                                          jax.grad(functools.partial(loss, m.apply_fn))(quantize_params(p, FQ4), xb))
-                           )(v["params"], x[:32])
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g_qat, g_ref)
-
-    # PTQ of a float-trained model: 8 bits keeps its predictions, the report says 4x smaller kernels
-    fstate, _ = fit(m, ds, key=jax.random.key(1), **FIT)
-    fv = fstate.variables()
-    l32, l8 = jax.jit(lambda v, x: (m.apply_fn(v, x), m.apply_fn(quantize_params(v, FQ8), x)))(fv, x)
+    # PTQ of the float-trained model: 8 bits keeps its predictions; the report says 4x smaller kernels
     assert np.mean(np.asarray(l32).argmax(1) == np.asarray(l8).argmax(1)) >= 0.97
     rep = size_in_bits(fv["params"], 8)
     n_kernel = 784 * 16 + 16 * 10
