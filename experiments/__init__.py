@@ -17,6 +17,14 @@ REGISTRY: dict[str, str] = {
     "rec_arc": "experiments.rec_arc",
     "barre": "experiments.barre",
     "enresnet": "experiments.enresnet",
+    "quant_robustness": "experiments.quant_robustness",
+    "prune_robust": "experiments.prune_robust",
+    "gdws": "experiments.gdws",
+    "empir": "experiments.empir",
+    "transferability": "experiments.transferability",
+    "dub": "experiments.dub",
+    "nm_sparsity": "experiments.nm_sparsity",
+    "lowrank_utilization": "experiments.lowrank_utilization",
 }
 
 

@@ -15,6 +15,10 @@ returning adversarial inputs; they jit, vmap and run inside a training step.
 - :func:`robust_accuracy` / :func:`accuracy`: batched evaluation, one compile for
   all radii.
 - :func:`ce_loss` / :func:`cw_loss`: the per-example losses the attacks maximise.
+- Transferability (TREND, Ravikumar et al. 2020): :func:`transfer_counts`,
+  :func:`transfer_matrix`, :func:`fit_transfer_curve` (N(eps) = a(1 - e^{b eps})),
+  :func:`transfer_metric`; ensemble attacks :func:`grad_sum_pgd`,
+  :func:`sign_average_pgd`, :func:`sign_agreement_pgd` (:func:`ensemble_pgd`).
 """
 
 from ._apgd import apgd, apgd_targeted, dlr_loss, dlr_targeted_loss
@@ -24,9 +28,16 @@ from ._evaluate import accuracy, robust_accuracy
 from ._losses import ce_loss, cw_loss
 from ._pgd import fgsm, pgd
 from ._square import square
+from ._transfer import RULES as ENSEMBLE_RULES
+from ._transfer import (TransferCounts, TransferFit, ensemble_pgd, fit_transfer_curve, grad_sum_pgd,
+                        sign_agreement_pgd, sign_average_pgd, transfer_counts, transfer_curve, transfer_mask,
+                        transfer_matrix, transfer_metric)
 
 __all__ = [
     "AutoAttackResult", "Stage", "accuracy", "apgd", "apgd_targeted", "arc", "autoattack",
     "autoattack_stages", "ce_loss", "cw_loss", "dlr_loss", "dlr_targeted_loss", "fgsm", "pgd",
     "robust_accuracy", "square",
+    "ENSEMBLE_RULES", "TransferCounts", "TransferFit", "ensemble_pgd", "fit_transfer_curve", "grad_sum_pgd",
+    "sign_agreement_pgd", "sign_average_pgd", "transfer_counts", "transfer_curve", "transfer_mask",
+    "transfer_matrix", "transfer_metric",
 ]

@@ -15,16 +15,24 @@
 * EnResNet (Wang et al., NeurIPS 2019): :func:`enresnet` builds an ensemble of
   noise-injected pre-activation ResNets (:func:`noisy_resnet`,
   :func:`inject_noise`) as a randomized ``apply_fn``.
+* EMPIR (Sen et al., ICLR 2020): :func:`empir` votes over mixed-precision DoReFa
+  members (:func:`mixed_precision_model`) with :func:`empir_vote`;
+  :func:`empir_surrogate` is the authors' attack surrogate and
+  :func:`empir_attack_probs` the averaged probabilities an adaptive attack targets.
 """
 
 from ._core import (Averaged, Members, Sampled, as_members, average, check_alpha, expected_correct,
                     member_logits, num_members, project_simplex, rec_sample, stack, unstack)
 from ._barre import AlphaSearch, barre_fit, barre_loss, mce, optimal_alpha, rec_adversary
+from ._empir import (EMPIR, DorefaActivation, DorefaWeights, EMPIRSurrogate, empir, empir_attack_probs,
+                     empir_surrogate, empir_vote, hidden_kernels, mixed_precision_model)
 from ._enresnet import (NOISE_STD, NoisyPreActResNet, RandomizedAveraged, RandomizedTrainApply, enresnet, inject_noise,
                         noisy_resnet, randomized_average, randomized_train_apply)
 from ._rec import OBJECTIVES, expected_ce, rec_accuracy, rec_pgd, rec_robust_accuracy, rec_sampled_accuracy
 
 __all__ = [
+    "EMPIR", "DorefaActivation", "DorefaWeights", "EMPIRSurrogate", "empir", "empir_attack_probs",
+    "empir_surrogate", "empir_vote", "hidden_kernels", "mixed_precision_model",
     "AlphaSearch", "NOISE_STD", "NoisyPreActResNet", "RandomizedAveraged", "RandomizedTrainApply", "barre_fit",
     "barre_loss", "enresnet", "inject_noise", "mce", "noisy_resnet", "optimal_alpha",
     "randomized_average", "randomized_train_apply", "rec_adversary",
