@@ -31,7 +31,8 @@ from ._gdws import (ConvLayer, GDWSConv, GDWSModel, LayerReport, MACReport, chan
 from ._lowrank import (LayerSpec, LayerStats, LayerSubspace, LowRankFactors, compression, factorize, find_layers,
                        fit_subspaces, input_stats, layer_inputs, mean_layer_utilization, project, projected_model,
                        subspaces, utilization)
-from ._magnitude import GradualPruningState, gradual_pruning, magnitude_masks, magnitude_prune, polynomial_sparsity, topk_mask
+from ._magnitude import (GradualPruningState, gradual_pruning, magnitude_masks, magnitude_prune, polynomial_sparsity,
+                         topk_mask)
 from ._masks import (LayerSparsity, SparsityReport, apply_masks, check_masks, combine_masks, default_where, dense_masks,
                      masked_model, sparsity)
 from ._nm import nm_mask, nm_masks, nm_model, nm_sparse_params, srste
