@@ -44,7 +44,7 @@ abstract and a summary were available to us):
 * **Uncentred energy.**  ``G_S`` is the second-moment matrix ``X^T X``, not the
   covariance, so that keeping all the energy reproduces ``X`` exactly (a mean
   direction is kept as well).
-* **Noise floor.**  Eigenvalues below ``d * eps(float32) * lambda_max`` (for the
+* **Noise floor.**  Eigenvalues below ``10 * eps(float32) * lambda_max`` (for the
   outputs, ``lambda_max(X^T X) * ||M||_2^2``) are rounding noise of the float32
   Gram matrices and count as zero energy.
 * **Output subspace from the unprojected outputs** ``X M`` (not ``X P_S M``).
@@ -512,9 +512,9 @@ def _kept(vals: jax.Array, energy: ArrayLike, floor: jax.Array) -> jax.Array:
     return jnp.where(jnp.asarray(energy) >= 1.0, d, k).astype(jnp.int32)
 
 
-def _noise_floor(scale: jax.Array, d: int) -> jax.Array:
-    """Eigenvalues below ``d * eps(float32) * scale`` are rounding noise of a float32 Gram matrix."""
-    return d * jnp.finfo(jnp.float32).eps * scale
+def _noise_floor(scale: jax.Array) -> jax.Array:
+    """Eigenvalues below ``10 * eps(float32) * scale`` are rounding noise of a float32 Gram matrix."""
+    return 10 * jnp.finfo(jnp.float32).eps * scale
 
 
 def _projector(vecs: jax.Array, k: jax.Array) -> jax.Array:
@@ -540,13 +540,13 @@ def _layer_subspace(spec: LayerSpec, kernel, gram, eigvals, eigvecs, energy, out
     """``(P_S, P_T, k_S, k_T)`` of one layer (one compilation per layer shape)."""
     m = spec.to_matrix(kernel).astype(jnp.float32)
     lam_max = eigvals[0]
-    k_in = _kept(eigvals, energy, _noise_floor(lam_max, spec.d_in))
+    k_in = _kept(eigvals, energy, _noise_floor(lam_max))
     p_in = _projector(eigvecs, k_in)
     g_out = jnp.matmul(m.T, jnp.matmul(gram, m, precision=_HIGHEST), precision=_HIGHEST)
     out_vals, out_vecs = _eig(g_out)
     # ||X M||^2 <= lam_max(X^T X) * sigma_max(M)^2 bounds the output eigenvalues.
     out_scale = lam_max * jnp.linalg.norm(m, ord=2) ** 2
-    k_out = _kept(out_vals, out_energy, _noise_floor(out_scale, max(spec.d_in, spec.d_out)))
+    k_out = _kept(out_vals, out_energy, _noise_floor(out_scale))
     return p_in, _projector(out_vecs, k_out), k_in, k_out
 
 
@@ -563,7 +563,7 @@ def subspaces(params: PyTree, stats: Mapping[str, LayerStats], *, energy: ArrayL
       stats: :func:`input_stats` of the layers.
       energy: fraction of the input second moment ``trace(X^T X)`` kept, in (0, 1];
         ``1`` keeps every direction (``P_S = I``).  Eigenvalues below the float32
-        noise level ``d * eps * lambda_max`` count as zero (so a layer whose
+        noise level ``10 * eps * lambda_max`` count as zero (so a layer whose
         outputs vanish on the data has ``k_T = 0``).
       out_energy: the same for the outputs ``X M``; ``None``: ``energy``.
 
