@@ -67,7 +67,7 @@ def test_sparsity_report_counts_zeros_and_false():
     assert combine_masks(m, dense_masks(p))["conv"]["kernel"].sum() == 3
 
 
-def test_masked_model_trains_with_zero_gradient_on_pruned_weights():
+def test_masked_model_gives_zero_gradient_to_pruned_weights():
     net = models.create("mlp", hidden_sizes=(16,), key=jax.random.key(0))
     masks = jax.tree.map(lambda x: jnp.abs(x) > 0.03, net.params)
     pruned = masked_model(net, masks)
@@ -85,6 +85,14 @@ def test_masked_model_trains_with_zero_gradient_on_pruned_weights():
     # forward equals the dense model on masked weights
     np.testing.assert_allclose(pruned.apply_fn(pruned.variables, x), net.apply_fn(
         {"params": apply_masks(net.params, masks), "batch_stats": {}}, x), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_masked_model_fit_keeps_pruned_weights_zero():
+    net = models.create("mlp", hidden_sizes=(16,), key=jax.random.key(0))
+    masks = jax.tree.map(lambda x: jnp.abs(x) > 0.03, net.params)
+    pruned = masked_model(net, masks)
+    before = sparsity(pruned.params)
     xs, ys = data.as_arrays(data.load("mnist10k", split="train"), limit=800)
     ds = data.from_arrays((xs * 255).round().astype(np.uint8), ys, num_classes=10)
     state, _ = train.fit(pruned, ds, optimizer={"name": "sgd", "learning_rate": 0.05}, epochs=1, batch_size=200,

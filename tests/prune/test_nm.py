@@ -77,6 +77,17 @@ def test_shape_and_argument_errors():
     nm_model(net, n=2, m=4, where=lambda name, x: name.endswith("kernel") and not name.startswith("conv1"))
 
 
+def test_nm_model_forward_is_the_deployed_sparse_model():
+    net = models.create("mlp", hidden_sizes=(32,), key=jax.random.key(0))
+    sparse = nm_model(net, n=1, m=4)
+    deployed = apply_masks(net.params, nm_masks(net.params, n=1, m=4))
+    assert sparsity(deployed).total == pytest.approx(0.75)
+    x = jnp.asarray(np.random.default_rng(5).random((8, 28, 28, 1)), jnp.float32)
+    np.testing.assert_allclose(sparse.apply_fn(net.variables, x),
+                               net.apply_fn({"params": deployed, "batch_stats": {}}, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
 def test_nm_model_trains_and_deploys_exactly_sparse():
     net = models.create("mlp", hidden_sizes=(32,), key=jax.random.key(0))
     sparse = nm_model(net, n=2, m=4)
