@@ -157,6 +157,7 @@ def test_ensemble_attack_errors():
         ensemble_pgd(_linear, params, X, Y, key=KEY, eps=-0.1, steps=2)
 
 
+@pytest.mark.slow  # about 20 s of compiles; the suite keeps its 10-minute budget
 def test_transfer_matrix_end_to_end():
     """Two linear models; a model and an exact copy transfer everything (rate 1 both ways)."""
     p = {"w": jax.random.normal(KEY, (12, 4)), "b": jnp.zeros(4)}

@@ -25,6 +25,7 @@ def test_presets_validate():
         dataclasses.replace(gdws.PRESETS["small"], mego_budgets=(0.0,)).validate()
 
 
+@pytest.mark.slow  # about 20 s of compiles; the suite keeps its 10-minute budget
 def test_gdws_experiment_runs_and_writes_results(tmp_path):
     from experiments import gdws
     config = dataclasses.replace(gdws.PRESETS["small"], train_examples=128, epochs=1, train_steps=1,
