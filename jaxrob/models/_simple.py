@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import jax
 from flax import nnx
 
 from jaxrob.models import _layers as L

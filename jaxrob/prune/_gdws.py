@@ -82,7 +82,6 @@ References:
 
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 from typing import Any, Callable, Mapping, NamedTuple, Sequence

@@ -37,35 +37,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrob.quant._tree import is_kernel, leaf_path
+
 PyTree = Any
 Where = Callable[[str, Any], bool]
 
 
-def path_name(path: tuple) -> str:
-    """The slash-joined name of a ``jax.tree_util`` key path, e.g. ``"layer1/0/conv1/kernel"``."""
-    parts = []
-    for k in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
-
-
-def default_where(name: str, leaf: Any) -> bool:
-    """The default prunable-leaf predicate: leaves whose last path key is ``"kernel"``.
-
-    Args:
-      name: slash-joined path name of the leaf (see :func:`path_name`).
-      leaf: the array (unused).
-
-    Returns:
-      ``True`` for dense and convolution kernels (Flax's ``kernel`` leaves).
-    """
-    del leaf
-    return name.rsplit("/", 1)[-1] == "kernel"
+# One path naming and one default weight predicate for quantization and pruning alike.
+path_name = leaf_path  # ``"layer1/0/conv1/kernel"`` from a ``jax.tree_util`` key path
+default_where = is_kernel  # leaves whose last path key is ``"kernel"`` (dense and conv weights)
 
 
 def _check_where(where: Where | None) -> Where:
