@@ -134,6 +134,7 @@ def test_rules_differ_and_sign_agreement_steps_only_where_all_agree():
     assert not bool(agree.all()) and not np.allclose(x1, x2)
 
 
+@pytest.mark.slow  # about 15 s of compiles; keeps the suite within its 10-minute budget
 def test_jit_eager_and_groups_agree():
     params = _members(3)
     kw = dict(key=KEY, eps=0.1, steps=7, rule="sign_average")

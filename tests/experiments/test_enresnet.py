@@ -52,6 +52,7 @@ def test_evaluation_predicts_with_fresh_noise():
     assert again == results[0]
 
 
+@pytest.mark.slow  # about 60 s of compiles on 2 cores; the enresnet library has its own fast tests
 def test_tiny_run_writes_results(tmp_path):
     assert experiments.REGISTRY[exp.NAME] == "experiments.enresnet"  # `jaxrob run` finds it
     run_dir, results = cli.run_experiment(exp.NAME, overrides=TINY, out=tmp_path, progress=False)
