@@ -63,13 +63,14 @@ def count_params(tree: PyTree) -> int:
     return int(sum(x.size for x in jax.tree.leaves(tree)))
 
 
-def from_nnx(module: nnx.Module, *, name: str, input_shape: tuple[int, ...], num_classes: int) -> Model:
-    """Turns an NNX module into the pure-function :class:`Model` contract.
+def nnx_merger(module: nnx.Module, *, name: str) -> tuple[Callable[[PyTree], nnx.Module], PyTree]:
+    """Splits ``module`` into a pure ``merge(variables) -> module`` function and its ``variables``.
 
-    The module's ``__call__`` must accept ``(x, *, train: bool, key: jax.Array | None)``.
     ``nnx.Param`` leaves become ``variables["params"]`` and ``nnx.BatchStat`` leaves
-    ``variables["batch_stats"]``; a module with any other mutable state is rejected
-    because it could not be updated purely.
+    (and subclasses) ``variables["batch_stats"]``; any other mutable state is rejected.
+    ``merge`` rebuilds the module from variables of the same structure (at trace time
+    it costs nothing per step).  :func:`from_nnx` is built on it; models that need
+    extra call arguments (e.g. spiking networks' ``timesteps``) use it directly.
     """
     graphdef, params, batch_stats, rest = nnx.split(module, nnx.Param, nnx.BatchStat, ...)
     if jax.tree.leaves(rest):
@@ -88,6 +89,20 @@ def from_nnx(module: nnx.Module, *, name: str, input_shape: tuple[int, ...], num
         nnx.replace_by_pure_dict(s, variables.get("batch_stats", {}))
         return nnx.merge(graphdef, p, s)
 
+    variables = {"params": nnx.to_pure_dict(params), "batch_stats": nnx.to_pure_dict(batch_stats)}
+    return _merge, variables
+
+
+def from_nnx(module: nnx.Module, *, name: str, input_shape: tuple[int, ...], num_classes: int) -> Model:
+    """Turns an NNX module into the pure-function :class:`Model` contract.
+
+    The module's ``__call__`` must accept ``(x, *, train: bool, key: jax.Array | None)``.
+    ``nnx.Param`` leaves become ``variables["params"]`` and ``nnx.BatchStat`` leaves
+    ``variables["batch_stats"]``; a module with any other mutable state is rejected
+    because it could not be updated purely.
+    """
+    _merge, variables = nnx_merger(module, name=name)
+
     def apply_fn(variables: PyTree, x: jax.Array) -> jax.Array:
         return _merge(variables)(x, train=False, key=None)
 
@@ -97,6 +112,5 @@ def from_nnx(module: nnx.Module, *, name: str, input_shape: tuple[int, ...], num
         _, new_stats = nnx.split(m, nnx.BatchStat, ...)[:2]
         return logits, nnx.to_pure_dict(new_stats)
 
-    variables = {"params": nnx.to_pure_dict(params), "batch_stats": nnx.to_pure_dict(batch_stats)}
     return Model(apply_fn=apply_fn, train_apply=train_apply, variables=variables, name=name,
                  input_shape=tuple(input_shape), num_classes=int(num_classes))
