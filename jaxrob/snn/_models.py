@@ -293,7 +293,10 @@ class SpikingNet(nnx.Module):
     def layer_info(self) -> dict[str, dict[str, Any]]:
         """Static per-layer facts: kind, neurons (spike layers), MACs per step and input kind (synapses)."""
         first_syn = next(op[1] for op in self.ops if op[0] in ("conv", "dense", "readout"))
-        analog_first = not getattr(self.encoder, "spiking", False)
+        from jaxrob.snn._encoders import Direct
+
+        # Only direct encoding feeds the first layer analog values; the others emit spikes (0/1 or +-1).
+        analog_first = isinstance(self.encoder, Direct)
         info = {}
         for op in self.ops:
             if op[0] == "spike":
