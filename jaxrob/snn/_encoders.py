@@ -99,6 +99,9 @@ class Encoder:
 
     * ``normalized`` (property): True if the encoder consumes the model-normalised
       image ``(x - mean) / std``, False if raw intensities in [0, 1].
+    * ``spiking`` (property): True if the current is spikes (values in {-1, 0, 1}), so
+      the first layer accumulates (AC) instead of multiplying (MAC); False for
+      :class:`Direct`'s analog current.
     * ``init(x, *, key) -> state``: ``x`` is ``(N, H, W, C)`` floating; ``key`` a typed
       PRNG key (``jax.random.key``), unused (and optional) for deterministic encoders;
       ``state`` is a pytree of arrays.  Images are encoded independently of each other.
@@ -110,6 +113,11 @@ class Encoder:
     @property
     def normalized(self) -> bool:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    @property
+    def spiking(self) -> bool:
+        """True if the current is spikes in {-1, 0, 1} (every encoder but :class:`Direct`)."""
+        return True
 
     def init(self, x: jax.Array, *, key: jax.Array | None = None) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -163,6 +171,10 @@ class Direct(Encoder):
     @property
     def normalized(self) -> bool:
         return True
+
+    @property
+    def spiking(self) -> bool:
+        return False
 
     def init(self, x, *, key=None):
         """State: the images themselves, ``(N, H, W, C)``."""

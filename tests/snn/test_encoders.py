@@ -317,6 +317,9 @@ def test_jit_eager_and_vmap_agree(enc):
     np.testing.assert_allclose(enc.encode(x, steps, key=KEY), s, atol=1e-6)
     loop = [np.asarray(enc.encode(xs[i], steps, key=keys[i])) for i in range(2)]
     np.testing.assert_allclose(vm, np.stack(loop), atol=1e-6)
+    assert enc.spiking == (not isinstance(enc, Direct))
+    if enc.spiking:                                             # spikes: the first layer only accumulates
+        assert set(np.unique(s).tolist()) <= {-1.0, 0.0, 1.0}
     # hashable, static hyperparameters
     assert hash(enc) == hash(type(enc)(**{f: getattr(enc, f) for f in enc.__dataclass_fields__}))
     assert isinstance(enc.normalized, bool)
