@@ -25,6 +25,9 @@ REGISTRY: dict[str, str] = {
     "dub": "experiments.dub",
     "nm_sparsity": "experiments.nm_sparsity",
     "lowrank_utilization": "experiments.lowrank_utilization",
+    "snn_encoding": "experiments.snn_encoding",
+    "snn_prune": "experiments.snn_prune",
+    "snn_robustness": "experiments.snn_robustness",
 }
 
 
