@@ -13,12 +13,13 @@ Both fire on ``U_t > V_th``, apply the reset one step after the spike
 Surrogate gradients: snnTorch applies its surrogate to ``U - V_th``, jaxrob to
 ``x = U / V_th - 1``, so ``dS/dU`` is ``g(U - V_th)`` in snnTorch and
 ``g((U - V_th) / V_th) / V_th`` in jaxrob.  They coincide at ``V_th = 1``; for
-other thresholds the test uses :class:`jaxrob.snn._surrogate.Custom` with
+other thresholds the test uses :class:`jaxrob.snn.Custom` with
 ``g'(x) = V_th * g(V_th * x)``, which makes jaxrob's ``dS/dU`` equal to snnTorch's.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -31,8 +32,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from snntorch import surrogate as snn_surrogate  # noqa: E402
 
-from jaxrob.snn._neurons import LIF, simulate  # noqa: E402
-from jaxrob.snn._surrogate import Arctan, Custom, FastSigmoid  # noqa: E402
+from jaxrob.snn import LIF, Arctan, Custom, FastSigmoid, simulate  # noqa: E402
 
 T = 50
 SHAPE = (8, 48)  # 384 neurons (a batch of 8 layers of 48)
@@ -62,11 +62,18 @@ def _snntorch_run(currents: np.ndarray, leak: float, threshold: float, reset: st
     return torch.stack(spikes), torch.stack(mems), cur
 
 
+@functools.partial(jax.jit, static_argnums=3)
+def _simulate(currents, leak, threshold, reset):
+    """``simulate`` with leak and threshold as arrays (as the spiking models pass them): one compile per reset."""
+    _, spikes, potentials = simulate(LIF(reset=reset), currents, leak=leak, threshold=threshold)
+    return spikes, potentials
+
+
 @pytest.mark.parametrize("reset", list(RESETS))
 @pytest.mark.parametrize("leak, threshold", PAIRS)
 def test_spike_trains_and_potentials_equal_snntorch(leak, threshold, reset):
     currents = _currents(leak, threshold, seed=int(1000 * leak + 100 * threshold))
-    _, spikes, potentials = jax.jit(lambda c: simulate(LIF(leak=leak, threshold=threshold, reset=reset), c))(currents)
+    spikes, potentials = _simulate(currents, jnp.float32(leak), jnp.float32(threshold), reset)
     with torch.no_grad():
         s_ref, u_ref, _ = _snntorch_run(currents, leak, threshold, reset)
     spikes, s_ref = np.asarray(spikes), s_ref.numpy()
@@ -74,9 +81,22 @@ def test_spike_trains_and_potentials_equal_snntorch(leak, threshold, reset):
     rate = spikes.mean()
     assert 0.02 < rate < 0.8, rate
     if reset == "soft" or (reset == "hard" and leak > 0):   # (with leak 0 a hard reset changes nothing)
-        _, _, u_free = simulate(LIF(leak=leak, threshold=threshold, reset="none"), currents)
+        _, u_free = _simulate(currents, jnp.float32(leak), jnp.float32(threshold), "none")
         assert not np.allclose(np.asarray(potentials), np.asarray(u_free))   # the reset does act
     np.testing.assert_array_equal(spikes, s_ref)
+    np.testing.assert_allclose(np.asarray(potentials), u_ref.numpy(), rtol=1e-5, atol=1e-5 * threshold)
+
+
+@pytest.mark.parametrize("reset", ["soft", "hard"])
+def test_constants_in_the_neuron_equal_snntorch(reset):
+    """The same with leak and threshold as the LIF dataclass's Python constants (no jit)."""
+    leak, threshold = 0.5, 0.7
+    currents = _currents(leak, threshold, seed=3)
+    _, spikes, potentials = simulate(LIF(leak=leak, threshold=threshold, reset=reset), currents)
+    with torch.no_grad():
+        s_ref, u_ref, _ = _snntorch_run(currents, leak, threshold, reset)
+    assert 0.02 < float(np.mean(s_ref.numpy())) < 0.8
+    np.testing.assert_array_equal(np.asarray(spikes), s_ref.numpy())
     np.testing.assert_allclose(np.asarray(potentials), u_ref.numpy(), rtol=1e-5, atol=1e-5 * threshold)
 
 
