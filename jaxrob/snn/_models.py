@@ -360,8 +360,10 @@ def _wrap(merge, variables, *, name, input_shape, num_classes, timesteps, spikin
         return logits, variables.get("batch_stats", {})
 
     def simulate(variables, x, *, key=None, timesteps=None):
+        if timesteps is not None:
+            timesteps = _validate.number("timesteps", timesteps, min=1, integer=True)
         return merge(variables)(x, train=False, key=key, record=True,
-                                timesteps=(timesteps or T) if spiking else None)
+                                timesteps=(T if timesteps is None else timesteps) if spiking else None)
 
     return SpikingModel(apply_fn=apply_fn, train_apply=train_apply, variables=variables, name=name,
                         layer_info=merge(variables).layer_info(),
@@ -465,8 +467,8 @@ def twin(model: SpikingModel, *, spiking: bool | None = None) -> SpikingModel:
     if not isinstance(model, SpikingModel):
         raise TypeError(f"twin needs a SpikingModel from jaxrob.snn.create, got {type(model).__name__}")
     spiking = (not model.spiking) if spiking is None else bool(spiking)
-    T = model.timesteps or 25
     base = model._merge(model.variables)
+    T = model.timesteps or base.timesteps
     module = SpikingNet(base.ops, input_shape=base.input_shape, num_classes=base.num_classes, mean=base.mean,
                         std=base.std, neuron=base.neuron, encoder=base.encoder, timesteps=T, spiking=spiking,
                         dropout=base.dropout_rate, rngs=L.ParamKeys(jax.random.key(0)))

@@ -216,6 +216,8 @@ def simulate(neuron: Neuron, currents: jax.Array, *, state: Any = None, leak=Non
         raise ValueError(f"currents must have a leading time axis of length >= 1, got shape {currents.shape}")
     if not isinstance(neuron, (LIF, ALIF)):
         raise TypeError(f"neuron must be a jaxrob.snn LIF or ALIF, got {neuron!r}")
+    if not jnp.issubdtype(currents.dtype, jnp.floating):
+        raise TypeError(f"currents must be a floating array, got dtype {currents.dtype}")
     if state is None:
         state = neuron.init(currents.shape[1:], currents.dtype)
 

@@ -140,8 +140,8 @@ class Sigmoid(Surrogate):
         _positive("Sigmoid", "slope", self.slope)
 
     def derivative(self, x):
-        s = jax.nn.sigmoid(self.slope * x)
-        return self.slope * s * (1.0 - s)
+        # s (1 - s) written as sigmoid(z) sigmoid(-z): no cancellation in 1 - s for large z.
+        return self.slope * jax.nn.sigmoid(self.slope * x) * jax.nn.sigmoid(-self.slope * x)
 
 
 @dataclasses.dataclass(frozen=True)

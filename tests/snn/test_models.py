@@ -261,9 +261,6 @@ def test_cnn_small_twin_equals_jaxrob_models_cnn_small(digits):
     assert twin(ann).spiking
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="twin() of an ANN twin uses `model.timesteps or 25` (the ANN's timesteps are 0): "
-                          "T is lost on a round trip; remove this marker when fixed")
 def test_twin_round_trip_keeps_timesteps(mlp):
     assert twin(twin(mlp)).timesteps == mlp.timesteps
 
@@ -301,9 +298,6 @@ def test_with_timesteps(mlp, digits, mlp_run):
         twin(mlp).with_timesteps(4)
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception,
-                   reason="SpikingModel.simulate does not validate timesteps: 0 silently means the default T "
-                          "and -1 returns all-zero logits; remove this marker when fixed")
 def test_simulate_rejects_bad_timesteps(mlp, digits):
     x, _ = digits
     with pytest.raises(ValueError, match="timesteps"):

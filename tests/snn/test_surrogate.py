@@ -168,9 +168,6 @@ def test_grad_jvp_vjp_equal_analytic_derivative(spike, ref, kinks, area):
         assert grad[i] == pytest.approx(ref(np.float64(k)), rel=2e-6, abs=1e-7)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="Sigmoid.derivative computes k*s*(1-s); 1 - s cancels in float32 for x >> 0 "
-                          "(fix: k * sigmoid(kx) * sigmoid(-kx)); remove this marker then")
 def test_sigmoid_derivative_is_accurate_in_both_tails():
     """g is even, so g(x) and g(-x) must agree to float32 precision (1-s loses all digits for s ~ 1)."""
     spike = Sigmoid(5.0)
