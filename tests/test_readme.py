@@ -24,3 +24,13 @@ def test_readme_tour_runs():
     assert rec["worst"] <= min(rec["arc"], rec["pgd"]) + 1e-6
     for x_adv in (ns["x_adv"], ns["x_pgd"], ns["x_arc"]):
         assert np.max(np.abs(np.asarray(x_adv) - np.asarray(ns["x_test"]))) <= 0.1 + 1e-6
+
+
+def test_readme_spiking_example_runs():
+    text = README.read_text()
+    section = text[text.index("## Spiking networks"):text.index("## Experiments")]
+    (block,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    ns: dict = {}
+    exec(compile(block, str(README), "exec"), ns)
+    assert ns["logits"].shape == (8, 10)
+    assert ns["ann"].spiking is False and ns["net"].spiking is True
