@@ -83,7 +83,7 @@ def test_apply_matches_numpy_reference(params):
 def test_cached_decode_matches_uncached(params):
     toks = _tokens(2, T)
     ref = L.apply(params, toks, config=CFG)
-    logits, cache = L.prefill(params, toks[:P], config=CFG, max_len=MAX_LEN, bucket=8)
+    logits, cache = L.prefill(params, toks[:P], config=CFG, max_len=MAX_LEN)
     rows = [logits]
     for t in toks[P:]:
         step, cache = L.extend(params, cache, t[None], config=CFG)
@@ -424,12 +424,12 @@ def test_traced_hyperparameters_do_not_recompile():
 
 
 def test_sample_frequencies_match_returned_probs():
-    rows = jnp.broadcast_to(LOGITS[0], (20000, 6))      # one key, 20k independent rows
+    rows = jnp.broadcast_to(LOGITS[0], (4000, 6))       # one key, 4000 independent rows
     toks, probs = S.sample(rows, key=jax.random.key(0), top_k=4, temperature=0.8)
     freq = np.bincount(np.asarray(toks), minlength=6) / len(toks)
     p = np.asarray(probs[0])
     assert np.all(freq[p == 0] == 0)
-    np.testing.assert_allclose(freq, p, atol=0.015)     # ~4.5 sigma for 20k draws
+    np.testing.assert_allclose(freq, p, atol=0.035)     # > 4.4 sigma for 4000 draws
     t1, _ = S.sample(LOGITS, key=jax.random.key(3))
     t2, _ = S.sample(LOGITS, key=jax.random.key(3))
     np.testing.assert_array_equal(t1, t2)
