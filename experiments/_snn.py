@@ -128,9 +128,9 @@ def energy_view(model: SpikingModel) -> Any:
     analog only under :class:`Direct` encoding.
 
     Under Poisson and DCT encoding the first layer receives (signed) spikes, so its
-    operations are accumulates (``E_AC * synops``), not ``E_MAC * MACs * T``.  (The
-    core's ``layer_info`` reads ``encoder.spiking``, an attribute the encoders do not
-    define, and would charge every encoder's first layer as analog.)
+    operations are accumulates (``E_AC * synops``), not ``E_MAC * MACs * T``.  The
+    core's ``layer_info`` follows the same rule (it once charged every encoder's first
+    layer as analog); stating it here keeps the tables' energy rule explicit and tested.
     """
     info = {k: dict(v) for k, v in model.layer_info.items()}
     first = next(k for k, v in info.items() if v["kind"] != "spike")
