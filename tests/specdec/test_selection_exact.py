@@ -1,0 +1,82 @@
+"""Every selection scheme outputs exactly the target: enumeration over draft tuples and internal randomness.
+
+For each draft tuple, :func:`output_distribution` sums over the scheme's own
+randomness in closed form; averaging over the draft law (independent drafts, or
+sequential sampling without replacement) must give ``p`` to rounding. The enumerated
+acceptance probability must equal :func:`acceptance_probability`'s closed form. The
+sampler itself is tied to these laws in ``test_selection_sampling.py``.
+"""
+
+import numpy as np
+import pytest
+
+from jaxrob.specdec import _acceptance as acc
+
+ATOL = 3e-6
+
+
+def _dists(rng, n, v, alpha=0.6):
+    x = rng.gamma(alpha, size=(n, v))
+    return (x / x.sum(-1, keepdims=True)).astype(np.float32)
+
+
+def _case(seed, v, k, identical, sparse=False):
+    rng = np.random.default_rng(seed)
+    p = _dists(rng, 1, v)[0]
+    qs = np.repeat(_dists(rng, 1, v), k, axis=0) if identical else _dists(rng, k, v)
+    if sparse:                                   # zeros in p and in the drafts, partly disjoint supports
+        p[: v // 2] = 0.0
+        qs[:, -1] = 0.0
+        qs[0, v // 2] = 0.0
+        if identical:
+            qs[:] = qs[0]
+        p /= p.sum()
+        qs /= qs.sum(-1, keepdims=True)
+    return p, qs
+
+
+slow = pytest.mark.slow
+CASES = [
+    # (scheme, options, V, K, identical, sparse)
+    ("single_draft", {}, 4, 2, False, True),
+    ("specinfer", {}, 4, 3, False, True),
+    ("specinfer", {"replacement": False}, 5, 3, True, False),
+    ("spectr", {}, 5, 3, True, True),
+    ("lp_optimal", {}, 4, 2, False, False),
+    ("canonical_is", {}, 4, 3, False, False),
+    pytest.param("single_draft", {}, 5, 3, True, False, marks=slow),
+    pytest.param("specinfer", {}, 5, 3, True, False, marks=slow),
+    pytest.param("specinfer", {"replacement": False}, 5, 2, True, True, marks=slow),
+    pytest.param("spectr", {}, 4, 2, True, False, marks=slow),
+    pytest.param("spectr", {}, 6, 4, True, False, marks=slow),
+    pytest.param("lp_optimal", {}, 5, 3, True, False, marks=slow),
+    pytest.param("lp_optimal", {}, 5, 2, True, True, marks=slow),
+    pytest.param("canonical_is", {}, 5, 2, True, True, marks=slow),
+    pytest.param("canonical_is", {}, 4, 3, True, False, marks=slow),
+]
+
+
+@pytest.mark.parametrize("name, options, v, k, identical, sparse", CASES)
+def test_output_marginal_is_exactly_the_target(name, options, v, k, identical, sparse):
+    p, qs = _case(v * 100 + k * 10 + identical, v, k, identical, sparse)
+    marginal, accept = acc.exact_marginal(name, p, qs, **options)
+    np.testing.assert_allclose(np.asarray(marginal), p, atol=ATOL)
+    closed = float(acc.acceptance_probability(name, p, qs, **options))
+    np.testing.assert_allclose(float(accept), closed, atol=ATOL)
+    assert 0.0 <= closed <= 1.0 + ATOL
+    if options.get("replacement", True):        # independent drafts: no scheme beats the optimum
+        assert closed <= optimum(p, qs) + ATOL
+
+
+def optimum(p, qs):
+    """``1 - max_S [prod_k q_k(S) - p(S)]`` (NumPy, float64): over the prefixes of the tokens sorted
+    by p/q for identical drafts, over all token sets otherwise."""
+    p, qs = np.asarray(p, np.float64), np.asarray(qs, np.float64)
+    if np.all(qs == qs[:1]):
+        q = qs[0]
+        order = np.argsort(np.where(q > 0, p / np.where(q > 0, q, 1.0), np.inf), kind="stable")
+        gaps = np.concatenate([[0.0], np.cumsum(q[order])]) ** len(qs) - np.concatenate([[0.0], np.cumsum(p[order])])
+        return 1.0 - gaps.max()
+    v = p.shape[0]
+    masks = ((np.arange(1 << v)[:, None] >> np.arange(v)) & 1).astype(np.float64)
+    return 1.0 - np.max(np.prod(masks @ qs.T, axis=1) - masks @ p)
