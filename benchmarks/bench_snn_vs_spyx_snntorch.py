@@ -582,9 +582,15 @@ def run_cnn(args, torch, torch_device, have_spyx) -> dict[str, Any]:
     checks = {"every layer fires (rate in (0.005, 0.6))": all(0.005 < r < 0.6 for r in res["spike_rate_per_layer_jaxrob"])}
     checks["API logits == hand-written twin (1e-5)"] = bool(
         np.allclose(logits["jaxrob"], logits["jaxrob-manual"], rtol=1e-5, atol=1e-5))
-    checks["API spike counts == hand-written twin"] = res["api_spike_counts"] == [float(c) for c in ref.sum(0)]
+    # exact on CPU; on a GPU, XLA may contract leak * v + I into an FMA differently per program,
+    # which can flip a spike that sits within an ulp of the threshold, so the checks allow 1e-3
+    checks["API spike counts == hand-written twin (rel 1e-3)"] = all(
+        _rel(a, float(b)) <= 1e-3 for a, b in zip(res["api_spike_counts"], ref.sum(0)))
+    res["api_exact_match"] = res["api_spike_counts"] == [float(c) for c in ref.sum(0)]
     if "jaxrob-layerwise" in counts:
-        checks["layerwise spikes == step-wise (exact)"] = bool(np.array_equal(counts["jaxrob-layerwise"], ref))
+        diff = float(np.abs(counts["jaxrob-layerwise"] - ref).sum())
+        checks["layerwise per-step spike counts == step-wise (rel 1e-3)"] = diff <= 1e-3 * float(ref.sum())
+        res["jaxrob-layerwise_exact_match"] = bool(np.array_equal(counts["jaxrob-layerwise"], ref))
     if "snntorch" in counts:
         diff = np.abs(counts["snntorch"] - ref).sum()
         checks["snntorch per-step spike counts == jaxrob (rel 1e-3)"] = float(diff) <= 1e-3 * float(ref.sum())
