@@ -379,6 +379,27 @@ class PairRule(NamedTuple):
     status: jax.Array
 
 
+_TOPK_BLOCK = 1024
+
+
+def _top_k_indices(x: jax.Array, k: int) -> jax.Array:
+    """Indices of the ``k`` largest entries, largest first, ties to the lower index (as ``lax.top_k``).
+
+    For long vectors, in two stages (top ``k`` of each block of 1024, then of the
+    candidates): the same result, and it keeps XLA's CPU backend on its fast top-k path
+    inside programs that also hold a ``while_loop`` (a single ``top_k`` over 49,152 entries
+    was measured at ~25 ms per row there, the cost of a full sort, vs ~1 ms in two stages)."""
+    v = x.shape[0]
+    if k > _TOPK_BLOCK or v <= 4 * _TOPK_BLOCK:
+        return lax.top_k(x, k)[1].astype(jnp.int32)
+    nb = -(-v // _TOPK_BLOCK)
+    blocks = jnp.pad(x, (0, nb * _TOPK_BLOCK - v), constant_values=-jnp.inf).reshape(nb, _TOPK_BLOCK)
+    vals, idx = lax.top_k(blocks, k)
+    idx = idx + (jnp.arange(nb, dtype=idx.dtype) * _TOPK_BLOCK)[:, None]
+    _, j = lax.top_k(vals.reshape(-1), k)
+    return idx.reshape(-1)[j].astype(jnp.int32)
+
+
 def _pair_rule(p: jax.Array, q1: jax.Array, q2: jax.Array, s: int, alphabet: int | None) -> PairRule:
     vocab = p.shape[0]
     score = p - q1 * q2
@@ -390,8 +411,7 @@ def _pair_rule(p: jax.Array, q1: jax.Array, q2: jax.Array, s: int, alphabet: int
         below2 = jnp.zeros_like(q2).at[order].set(tot2 - jnp.cumsum(q2[order]))
         top = order[:s]
     else:
-        _, inside_tokens = lax.top_k(score, alphabet)
-        inside_tokens = inside_tokens.astype(jnp.int32)
+        inside_tokens = _top_k_indices(score, alphabet)
         rank = jnp.full((vocab,), alphabet, jnp.int32).at[inside_tokens].set(jnp.arange(alphabet, dtype=jnp.int32))
         inside = jnp.zeros((vocab,), bool).at[inside_tokens].set(True)
         in1, in2 = q1[inside_tokens], q2[inside_tokens]

@@ -73,3 +73,16 @@ def optimum(p, qs):
     v = p.shape[0]
     masks = ((np.arange(1 << v)[:, None] >> np.arange(v)) & 1).astype(np.float64)
     return 1.0 - np.max(np.prod(masks @ qs.T, axis=1) - masks @ p)
+
+
+def test_two_stage_top_k_equals_lax_top_k():
+    import jax.numpy as jnp
+    from jax import lax
+
+    from jaxrob.specdec import _schemes as sch
+
+    rng = np.random.default_rng(0)
+    for v in (5000, 50001):
+        x = jnp.asarray(rng.normal(size=v), jnp.float32).at[::7].set(0.5)     # many ties
+        for k in (1, 40):
+            np.testing.assert_array_equal(np.asarray(sch._top_k_indices(x, k)), np.asarray(lax.top_k(x, k)[1]))
