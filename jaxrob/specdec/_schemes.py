@@ -681,7 +681,7 @@ def lp_optimal(key: jax.Array, p: jax.typing.ArrayLike, qs: jax.typing.ArrayLike
 
     Solves (inside the function, with :func:`simplex`) the LP over couplings of the draft
     tuple ``X`` (law ``prod_k q_k``) and the output ``Y ~ p`` maximising ``P(Y in X)``
-    (Sun et al. 2023's optimal-transport LP; Khisti et al. 2025, Eqs. (2)-(3)), in its
+    (Sun et al. 2023's optimal-transport LP, the starting point of Khisti et al. 2025), in its
     equivalent max-flow form with a product-form rejection part (see
     :func:`jaxrob.specdec._lp.coupling_lp`; the reduction is derived). Then draws ``Y``
     from ``pi(X = drafts, .) / Q(drafts)``. Exact for small vocabularies only: the LP
@@ -715,9 +715,10 @@ def canonical_is(key: jax.Array, p: jax.typing.ArrayLike, qs: jax.typing.ArrayLi
     ``min(1, p/q_I)``, else sample ``norm(max(0, p - q_I))``). The weights ``beta``
     maximise ``sum_y min(p(y), q_I(y))`` -- the importance-sampling LP over the
     ``V**K x K`` selection probabilities (:func:`jaxrob.specdec._lp.is_lp`); by the
-    paper's canonical decomposition (Section 3, Figure 1) its optimum equals the optimal
-    acceptance probability, which the tests check against :func:`lp_optimal`'s LP and
-    against ``scipy``. The output law is exactly ``p`` for *any* weights, because step 2
+    paper's canonical decomposition (Section 3, Theorem 1 and Figure 1: importance
+    sampling of one draft, then single-draft speculative sampling) its optimum equals the
+    optimal acceptance probability, which the tests check against :func:`lp_optimal`'s LP
+    and against ``scipy``. The output law is exactly ``p`` for *any* weights, because step 2
     uses the ``q_I`` the weights induce. Small vocabularies only (``V**K`` at most
     :data:`LP_TUPLE_LIMIT`); :func:`truncated_is` is the large-vocabulary version.
 
@@ -732,7 +733,7 @@ def canonical_is(key: jax.Array, p: jax.typing.ArrayLike, qs: jax.typing.ArrayLi
 
     References:
       Khisti et al., "Multi-Draft Speculative Sampling: Canonical Decomposition and
-      Theoretical Limits", ICLR 2025, arXiv:2410.18234 (Section 3, Figure 1).
+      Theoretical Limits", ICLR 2025, arXiv:2410.18234 (Section 3, Theorem 1, Figure 1).
     """
     return _run("canonical_is", key, p, qs, drafts, {})
 
@@ -741,35 +742,46 @@ def truncated_is(key: jax.Array, p: jax.typing.ArrayLike, qs: jax.typing.ArrayLi
                  *, s: int = 5, alphabet: int | None = None) -> tuple[jax.Array, jax.Array]:
     """Weighted importance sampling with a truncated LP (and optionally a truncated alphabet).
 
-    The fast approximation of :func:`canonical_is` for large vocabularies (the paper's
-    Section 4, "truncated LP" with threshold ``s`` and "truncated alphabet"). For two
-    drafts ``(a, b)`` with laws ``(q_1, q_2)``, tokens are ranked by the priority
-    ``p(y) - q_1(y) q_2(y)`` (highest first). For a pair of distinct tokens among the
-    ``s`` highest-priority ones, the probability of choosing ``a`` is an LP variable
-    ``w[a, b]`` (``O(s^2)`` variables instead of ``O(V^2)``); for every other pair the
-    higher-priority token is chosen. With ``alphabet = n``, only the ``n``
-    highest-priority tokens are ranked (``lax.top_k`` instead of a full sort); two
-    distinct tokens outside them tie and each is chosen with probability 1/2. The law
-    ``q_I`` of the chosen token then has a closed form (prefix sums over the ranking plus
-    the LP block), and the LP maximises ``sum_y min(p(y), q_I(y))`` over the free
-    weights. The chosen token goes through single-draft speculative sampling against
-    ``q_I``, so the output law is exactly ``p``. For ``K > 2`` drafts the pair rule is
-    applied as a tournament: the winner so far (law ``q_I`` of the previous round)
-    meets ``drafts[k]`` (law ``qs[k]``). Cost: ``K - 1`` sorts (or top-k) of ``V`` and
-    ``K - 1`` LPs with ``2 s^2 + s`` variables.
+    The fast approximation of :func:`canonical_is` for large vocabularies: the paper's
+    Section 4 ("Faster Importance Weighted Speculative Sampling"), truncated LP with
+    threshold ``s`` (Algorithm 1; the two-draft LP of its Appendix I) and truncated
+    alphabet. For two drafts ``(a, b)`` with laws ``(q_1, q_2)``, the tokens are ranked by
+    the priority ``p(y) - q_1(y) q_2(y)`` (highest first); ``Omega_1`` is the ``s``
+    highest-priority tokens. For a pair of distinct tokens both in ``Omega_1``, the
+    probability of choosing each is an LP weight (``O(s^2)`` variables instead of
+    ``O(V^2)``); for every other pair the higher-priority token is chosen. The law ``q_I``
+    of the chosen token then has a closed form (``q_1 q_2`` plus each token's wins over
+    the lower-priority ones, prefix sums over the ranking, plus the LP block), and the LP
+    maximises ``sum_y min(p(y), q_I(y))`` over the free weights. The chosen token goes
+    through single-draft speculative sampling against ``q_I``, so the output law is
+    exactly ``p`` for any weights. For ``K > 2`` drafts the pair rule is applied to
+    successive pairs (the paper's Algorithm 2): the winner so far, whose law is the
+    previous round's ``q_I``, meets ``drafts[k]`` (law ``qs[k]``). Cost: ``K - 1`` sorts
+    (or top-k) of ``V`` and ``K - 1`` LPs with ``2 s^2 + s`` variables.
 
-    The fixed rule outside the LP block is what makes it fast, and also what can cost
-    acceptance: when ``p`` and the drafts are close and spread over many tokens (where
-    picking a draft at random would be near-optimal), a small ``s`` can even fall below
-    single-draft acceptance; on peaked, LLM-like distributions with a hotter draft it is
-    within ~1e-2 of the optimum at ``s = 5`` (see the benchmark). Raise ``s`` to trade
-    speed for acceptance; ``s = V`` with ``K = 2`` is the full importance-sampling LP.
+    With ``alphabet = n``, only the ``n`` highest-priority tokens are ranked
+    (``lax.top_k`` instead of a full sort), and two distinct tokens outside them tie: each
+    is chosen with probability 1/2. The paper's Table 2 sweeps ``n`` in {10, 20, 40, 50}
+    and ``s`` in {5, 10, 15}; ``n = 40`` with ``s = 5`` did best. The 1/2 tie rule is
+    ours (derived: it keeps ``q_I`` in closed form without ranking the tail).
 
-    Derived: the paper's text was not available to us beyond its summary (two
-    truncations, Algorithm 1 fixing the weights outside the top ``s``); the priority
-    score, the 1/2 tie rule outside the alphabet and the tournament for ``K > 2`` are
-    our choices. Every choice keeps the output law exact; only the acceptance
-    probability depends on them, and :func:`acceptance_probability` gives it exactly.
+    The LP's maximiser need not be unique; for ``K = 2`` every maximiser gives the same
+    acceptance, for ``K > 2`` the later rounds (and so the acceptance) can depend on which
+    one the simplex returns. The fixed rule outside the LP block is what makes the scheme
+    fast, and also what can cost acceptance: when ``p`` and the drafts are close and
+    spread over many tokens (where picking a draft at random would be near-optimal), a
+    small ``s`` can even fall below single-draft acceptance; on peaked, LLM-like
+    distributions with a hotter draft it is within ~1e-2 of the optimum at ``s = 5`` (see
+    the benchmark). Raise ``s`` to trade speed for acceptance; ``s = V`` with ``K = 2`` is
+    the full importance-sampling LP, whose optimum is the optimal acceptance.
+
+    Sources: the priority score, the fixed part of ``q_I``, the LP over the top-``s``
+    block and the successive pairs for ``K > 2`` agree with the paper as read through its
+    section summaries and a third-party implementation that cites its Appendix I and
+    Algorithm 2; ``tests/specdec/test_selection_paper_truncated.py`` checks them against an
+    independent HiGHS implementation of that definition. Every choice keeps the output law
+    exact; only the acceptance probability depends on them, and
+    :func:`acceptance_probability` gives it exactly.
 
     Args:
       key: a typed PRNG key.
@@ -787,7 +799,8 @@ def truncated_is(key: jax.Array, p: jax.typing.ArrayLike, qs: jax.typing.ArrayLi
 
     References:
       Khisti et al., "Multi-Draft Speculative Sampling: Canonical Decomposition and
-      Theoretical Limits", ICLR 2025, arXiv:2410.18234 (Section 4, Algorithm 1).
+      Theoretical Limits", ICLR 2025, arXiv:2410.18234 (Section 4, Algorithms 1-2,
+      Appendix I).
     """
     return _run("truncated_is", key, p, qs, drafts, {"s": s, "alphabet": alphabet})
 
