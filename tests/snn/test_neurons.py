@@ -346,9 +346,14 @@ def test_simulate_program_does_not_grow_with_timesteps(neuron):
     assert _count_eqns(jax.make_jaxpr(loop)(jnp.zeros((20, 4)))) > _count_eqns(jax.make_jaxpr(loop)(jnp.zeros((10, 4))))
 
 
-def test_cnn_small_program_does_not_grow_with_timesteps():
-    """A whole spiking network is one scan too: apply_fn's jaxpr (and its gradient's) has the same size at any T."""
-    model = create("cnn_small", key=jax.random.key(0), timesteps=2)
+@pytest.mark.parametrize("stepwise", [False, True], ids=["layerwise", "stepwise"])
+def test_cnn_small_program_does_not_grow_with_timesteps(stepwise):
+    """No unrolled time loop in either mode: apply_fn's jaxpr (and its gradient's) has the same size at any T.
+
+    Layer-wise, T only changes the shapes (the synapses see ``(T * N, ...)``; the encoder and each
+    spike layer are one scan); step-wise, the whole network is one scan.
+    """
+    model = create("cnn_small", key=jax.random.key(0), timesteps=2, stepwise=stepwise)
     x = jnp.zeros((2, 28, 28, 1))
     sizes = []
     for T in (2, 50):
@@ -358,6 +363,25 @@ def test_cnn_small_program_does_not_grow_with_timesteps():
                       _count_eqns(jax.make_jaxpr(jax.grad(loss))(model.variables).jaxpr)))
     assert sizes[0] == sizes[1], sizes
     assert sizes[0][0] > 20          # the measure does see the network
+    # where the convolutions are: outside every loop body layer-wise, inside the scan step-wise
+    convs = _prims_in_loops(jax.make_jaxpr(model.apply_fn)(model.variables, x).jaxpr)
+    assert convs["conv_general_dilated"] == ((0, 2) if not stepwise else (2, 0)), convs
+
+
+def _prims_in_loops(jaxpr, inside=False, out=None):
+    """``{primitive: (count inside scan/while bodies, count outside)}`` over a jaxpr and its sub-jaxprs."""
+    out = {} if out is None else out
+    for eqn in jaxpr.eqns:
+        i, o = out.get(eqn.primitive.name, (0, 0))
+        out[eqn.primitive.name] = (i + 1, o) if inside else (i, o + 1)
+        loop = inside or eqn.primitive.name in ("scan", "while")
+        for p in eqn.params.values():
+            for sub in (p if isinstance(p, (list, tuple)) else [p]):
+                if isinstance(sub, jex.ClosedJaxpr):
+                    _prims_in_loops(sub.jaxpr, loop, out)
+                elif isinstance(sub, jex.Jaxpr):
+                    _prims_in_loops(sub, loop, out)
+    return out
 
 
 # ----------------------------------------------------------------------------------------- errors
