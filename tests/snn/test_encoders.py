@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrob.snn._encoders import (DCT, ENCODERS, Direct, Encoder, Latency, PoissonRate, dct_basis,
+from jaxrob.snn._encoders import (DCT, ENCODERS, Direct, Encoder, Latency, PoissonRate, _percentiles, dct_basis,
                                   encoder, zigzag)
 from jaxrob.snn._surrogate import Boxcar, Triangle
 
@@ -176,6 +176,34 @@ def test_dct_dropping_frequencies_shortens_the_period_and_keeps_the_thresholds()
     s = np.asarray(s)
     lhs = final.th_pos * (s == 1).sum(0) + final.th_neg * (s == -1).sum(0) + final.mem
     np.testing.assert_allclose(lhs, 2 * np.asarray(comps).sum(0), atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_percentiles_by_bisection_equal_numpy(dtype):
+    """DCT's thresholds are found by bisection over the floats' bit patterns instead of a sort: the
+    order statistics are exact, so they equal np.percentile (linear interpolation) up to its rounding."""
+    rng = np.random.default_rng(3)
+    rows = [rng.normal(size=(5, 997)),                          # distinct values
+            np.round(rng.normal(size=(4, 77)) * 2),             # many ties (and +-0)
+            np.full((2, 10), -3.0),                             # a constant row
+            rng.standard_cauchy(size=(3, 333)) * 30,            # heavy tails, both signs
+            np.abs(rng.normal(size=(2, 50))) + 5.0,             # all positive
+            rng.normal(size=(2, 1))]                            # a single entry
+    qs = (0.0, 6.5, 50.0, 93.5, 99.99, 100.0)
+    for r in rows:
+        r = r.astype(dtype)
+        got = np.stack(jax.jit(lambda r: _percentiles(r, qs))(r))
+        want = np.percentile(r.astype(np.float64), qs, axis=1)
+        scale = np.abs(r.astype(np.float64)).max()
+        np.testing.assert_allclose(got.astype(np.float64), want, rtol=0, atol=scale * np.finfo(dtype).eps * 4)
+    # and through DCT.init: the thresholds are the percentiles of all components of each image
+    x = _normal((3, 8, 8, 3), seed=4)
+    enc = DCT(block=4, stride=2)
+    st = enc.init(x)
+    comps = np.asarray(DCT(block=4, stride=2).components(x)).transpose(1, 0, 2, 3, 4).reshape(3, -1)
+    want_neg, want_pos = np.percentile(comps, (6.5, 93.5), axis=1)
+    np.testing.assert_allclose(np.asarray(st.th_neg).ravel(), want_neg, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(st.th_pos).ravel(), want_pos, rtol=1e-6, atol=1e-6)
 
 
 def test_dct_fixed_thresholds_and_a_blank_image():
