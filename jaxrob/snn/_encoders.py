@@ -209,6 +209,14 @@ class PoissonRate(Encoder):
     The uniform numbers of step ``t`` are drawn with ``jax.random.fold_in(key, t)``:
     same key and step, same spikes; different steps are independent.
 
+    One key serves the whole batch (the numbers of a step are drawn as one flat array), so
+    an image's spike train depends on its position in the batch and on the batch's shape:
+    images are encoded *independently* of each other, but the same image in another slot
+    (or another batch size) gets other, equally distributed, spikes.  For a spike train
+    that belongs to the image wherever it is, encode each image with its own key, e.g.
+    ``jax.vmap(lambda xi, i: enc.encode(xi[None], T, key=jax.random.fold_in(key, i))[:, 0],
+    out_axes=1)(x, ids)`` with ``ids`` a stable example id (slower to draw on XLA:CPU).
+
     Gradient: straight-through of the expected value.  ``E[spike] = max_rate * x``
     (signed: ``max_rate * clip(x, -1, 1)``), so ``d spike / d x = max_rate``, applied
     everywhere (also where the probability is clipped, so that PGD can move back).
