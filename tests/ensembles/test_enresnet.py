@@ -189,6 +189,7 @@ def test_randomized_average_of_a_foreign_model():
     assert randomized_average(noisy_linear) == randomized_average(noisy_linear)  # hashable, shares compiles
 
 
+@pytest.mark.slow
 def test_eot_accuracy_draws_fresh_noise_per_call_and_batch():
     en = enresnet(2, key=jax.random.key(0), noise_scale=3.0, **TINY)  # heavy noise: predictions flip
     x = jnp.tile(X[:1], (48, 1, 1, 1))
@@ -206,6 +207,7 @@ def test_eot_accuracy_draws_fresh_noise_per_call_and_batch():
 # --------------------------------------------------------------------------- joint PGD training
 
 
+@pytest.mark.slow
 def test_joint_pgd_training_through_the_randomized_ensemble_updates_every_member():
     en = _ensemble(2)
     opt = train.make_optimizer("sgd", learning_rate=0.05)

@@ -55,6 +55,7 @@ def test_sampled_accuracy_converges_to_the_exact_expectation():
     assert a != b
 
 
+@pytest.mark.slow
 def test_rec_sample_draws_each_member_with_its_probability():
     members, params, x, _ = _ensemble(n=4)
     alpha = jnp.array([0.7, 0.2, 0.1])

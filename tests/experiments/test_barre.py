@@ -33,6 +33,7 @@ def test_presets_validate():
         dataclasses.replace(barre.PRESETS["small"], schedule="step").validate()
 
 
+@pytest.mark.slow
 def test_barre_runs_and_writes_results(registered, tmp_path):
     run_dir, results = cli.run_experiment("barre", overrides=TINY, out=tmp_path, progress=False)
     for name in ("config.json", "results.json", "results.md", "log.txt"):

@@ -33,6 +33,7 @@ def test_presets_validate_and_paper_selects_the_conv_layers():
         dataclasses.replace(small, prune_sparsity=1.0).validate()
 
 
+@pytest.mark.slow
 def test_dub_runs_and_writes_results(tmp_path):
     config = dataclasses.replace(dub.PRESETS["small"], crossbar=32, train_examples=256, eval_examples=200,
                                  pretrain_epochs=1, dub_epochs=1, finetune_epochs=0, batch_size=64,

@@ -40,6 +40,7 @@ def _ctx(tmp_path):
     return RunContext(run_dir=tmp_path, resume=False, progress=False, log=logging.getLogger("test_prune_robust"))
 
 
+@pytest.mark.slow
 def test_rgsm_row_alone(tmp_path):
     """The fast check (one training compile): RGSM zeroes whole input channels of conv2 and nothing else."""
     from experiments import prune_robust as e

@@ -20,6 +20,7 @@ def registered():
     assert experiments.REGISTRY[rec_arc.NAME] == "experiments." + rec_arc.NAME  # `jaxrob run` finds it
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_results_with_every_row(registered, tmp_path):
     run_dir, results = cli.run_experiment("rec_arc", overrides=TINY, out=tmp_path, progress=False)
     for name in ("config.json", "results.json", "results.md", "log.txt"):

@@ -248,6 +248,7 @@ def _direct_alpha(v, x):
     return out / n
 
 
+@pytest.mark.slow
 def test_alphas_match_a_direct_computation_on_a_linear_conv_model():
     apply_fn, v = _linear_model()
     x = _uniform(7, (5, 6, 6, 2))

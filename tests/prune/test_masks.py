@@ -67,6 +67,7 @@ def test_sparsity_report_counts_zeros_and_false():
     assert combine_masks(m, dense_masks(p))["conv"]["kernel"].sum() == 3
 
 
+@pytest.mark.slow
 def test_masked_model_gives_zero_gradient_to_pruned_weights():
     net = models.create("mlp", hidden_sizes=(16,), key=jax.random.key(0))
     masks = jax.tree.map(lambda x: jnp.abs(x) > 0.03, net.params)

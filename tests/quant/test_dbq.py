@@ -50,6 +50,7 @@ def test_relaxation_tends_to_hard_quantizer():
     assert errs[-1] < 1e-4 and all(a >= b for a, b in zip(errs, errs[1:]))
 
 
+@pytest.mark.slow
 def test_soft_gradient_matches_finite_differences():
     w = jnp.array([0.1, 0.35, -0.7, 1.0, -1.3])
     f = lambda w, a: jnp.sum(jnp.sin(3 * dbq(w, a, temperature=3.0)))  # noqa: E731
@@ -82,6 +83,7 @@ def test_jit_vmap_agree():
     assert np.allclose(jax.vmap(f)(ws), jnp.stack([f(w) for w in ws]))
 
 
+@pytest.mark.slow
 def test_init_is_lloyd_optimal_locally():
     w = jax.random.normal(jax.random.key(3), (4000,))
     a = dbq_init(w, branches=2)

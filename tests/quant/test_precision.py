@@ -64,6 +64,7 @@ def test_bound_and_budget():
         weight_noise_gains(_linear, {"dense": {"w": W}}, X)
 
 
+@pytest.mark.slow
 def test_bound_upper_bounds_the_measured_mismatch():
     """A tiny trained-like MLP: the mismatch of noisy / quantized weights stays under the bound."""
     k = jax.random.split(jax.random.key(3), 4)

@@ -75,6 +75,7 @@ def optimum(p, qs):
     return 1.0 - np.max(np.prod(masks @ qs.T, axis=1) - masks @ p)
 
 
+@pytest.mark.slow
 def test_two_stage_top_k_equals_lax_top_k():
     import jax.numpy as jnp
     from jax import lax

@@ -167,6 +167,7 @@ class _Interrupt(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_exactly(bn_model, small_ds, tmp_path):
     model = bn_model
     key = jax.random.key(11)
