@@ -102,8 +102,8 @@ def acceptance_probability(scheme: Any, p: jax.typing.ArrayLike, qs: jax.typing.
     return _schemes._IMPLS[name].acceptance(p, qs, **opts)
 
 
-@functools.partial(jax.jit, static_argnames=("name", "replacement", "s", "alphabet"))
-def _enumerate(name, p, qs, replacement=True, s=None, alphabet=None):
+@functools.partial(jax.jit, static_argnames=("name", "replacement", "s", "alphabet", "guard"))
+def _enumerate(name, p, qs, replacement=True, s=None, alphabet=None, guard=True):
     k, vocab = qs.shape
     tup = jnp.asarray(_lp.tuples(vocab, k))
     weights = _lp.tuple_probs(qs, replacement=replacement)
@@ -112,7 +112,7 @@ def _enumerate(name, p, qs, replacement=True, s=None, alphabet=None):
     if name == "specinfer":
         opts["replacement"] = replacement
     if name == "truncated_is":
-        opts["s"], opts["alphabet"] = s, alphabet
+        opts["s"], opts["alphabet"], opts["guard"] = s, alphabet, guard
     fn = jax.vmap(functools.partial(law, p, qs, **opts))
     n = tup.shape[0]
     if n <= _VMAP_TUPLES:

@@ -113,7 +113,7 @@ def test_truncated_lp_matches_the_papers_definition(k, identical):
             np.testing.assert_allclose(q_is[top].sum(), ref_q[top].sum(), atol=TOL)
             q_w = rule.q_is
         # the scheme's acceptance probability is that of the last round
-        ours = float(acc.acceptance_probability("truncated_is", p, qs, s=s))
+        ours = float(acc.acceptance_probability("truncated_is", p, qs, s=s, guard=False))
         np.testing.assert_allclose(ours, ref_value, atol=TOL)
 
 
@@ -130,3 +130,21 @@ def test_truncated_lp_with_s_equal_v_is_optimal_for_two_drafts(identical):
         optimum = float(acc.optimal_acceptance(ps[i], qss[i], identical=identical))
         np.testing.assert_allclose(got[i], optimum, atol=TOL)
         np.testing.assert_allclose(paper_pair_round(ps[i], qss[i, 0], qss[i, 1], v)[1], optimum, atol=TOL)
+
+
+def test_guard_keeps_acceptance_above_single_draft_and_monotone_in_k():
+    """Near-uniform target and draft: the paper's fixed rule outside the LP block falls below
+    single-draft acceptance; the guard (default) never does, and adding drafts never hurts."""
+    rng = np.random.default_rng(3)
+    v, s = 40, 3
+    for _ in range(4):
+        logits = rng.normal(size=v) * 0.3
+        p = np.exp(logits) / np.exp(logits).sum()
+        q = np.exp(logits / 1.2) / np.exp(logits / 1.2).sum()
+        single = float(acc.acceptance_probability("single_draft", p, q[None]))
+        plain = float(acc.acceptance_probability("truncated_is", p, np.tile(q, (2, 1)), s=s, guard=False))
+        guarded = [float(acc.acceptance_probability("truncated_is", p, np.tile(q, (k, 1)), s=s)) for k in (2, 3, 4)]
+        assert plain < single - 1e-3                  # the unguarded rule can lose acceptance here
+        assert guarded[0] >= single - 1e-6
+        assert guarded[0] <= guarded[1] + 1e-6 <= guarded[2] + 2e-6
+        assert max(guarded) <= float(acc.optimal_acceptance(p, np.tile(q, (4, 1)))) + 1e-6
