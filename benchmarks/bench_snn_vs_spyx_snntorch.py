@@ -27,14 +27,16 @@ Variants (each library as its users would write it):
 * ``jaxrob``: ``linear`` -- the input currents of all timesteps in one matmul,
   then ``jaxrob.snn.simulate`` (the API takes currents ``(T, ...)``);
   ``cnn_small`` -- ``jaxrob.snn.create("cnn_small", neuron=..., encoder=Direct())``,
-  its ``apply_fn`` (one ``lax.scan`` over time with every layer inside the body).
-* ``jaxrob-stepwise`` (``linear``): dense + ``LIF.step`` inside one ``lax.scan``,
+  its ``apply_fn`` (layer-wise by default: each conv/dense applied once to all T
+  steps, only the neurons in ``lax.scan``).
+* ``jaxrob-stepwise``: ``linear`` -- dense + ``LIF.step`` inside one ``lax.scan``,
   one matmul per step -- the structure of spyx and snnTorch, so
-  ``jaxrob-stepwise / spyx`` compares the neuron implementations alone.
-* ``jaxrob-layerwise`` (``cnn_small``): the same network run layer by layer with
-  ``jaxrob.snn.simulate`` (each conv/dense applied once to all T steps, only the
-  neurons in ``lax.scan``); same spikes and gradients, checked.  See
-  :func:`jaxrob_cnn_layerwise` for why it is faster.
+  ``jaxrob-stepwise / spyx`` compares the neuron implementations alone;
+  ``cnn_small`` -- the API model with ``stepwise=True`` (the whole network in one
+  ``lax.scan`` over time, as before layer-wise became the default).
+* ``jaxrob-layerwise`` (``cnn_small``): the layer-wise network hand-written with
+  ``jaxrob.snn.simulate`` (what the API's default does); same spikes and gradients,
+  checked.  See :func:`jaxrob_cnn_layerwise` for why it is faster.
 * ``jaxrob-manual`` (``cnn_small``, ``--with-manual``): the API's network
   hand-written with ``LIF.step`` in one scan; its per-step spike counts are the
   reference of every check.
@@ -514,6 +516,7 @@ def run_linear(args, torch, torch_device, have_spyx) -> dict[str, Any]:
 def run_cnn(args, torch, torch_device, have_spyx) -> dict[str, Any]:
     import jax
     import jax.numpy as jnp
+    import optax
     T, B = args.cnn_timesteps, args.cnn_batch
     d = cnn_data(B)
     params_np = cnn_params()
@@ -548,6 +551,14 @@ def run_cnn(args, torch, torch_device, have_spyx) -> dict[str, Any]:
     logits["jaxrob-manual"], counts["jaxrob"] = np.asarray(lm), np.asarray(cm)
     if args.with_manual:
         jax_variant("jaxrob-manual", manual, pj, xj, yj)
+    if not args.no_stepwise:
+        step_model = model.with_stepwise(True)
+        stats_b = model.variables.get("batch_stats", {})
+
+        def step_loss(params, x, y):
+            lg = step_model.apply_fn({"params": params, "batch_stats": stats_b}, x)
+            return optax.softmax_cross_entropy_with_integer_labels(lg, y).mean(), lg
+        logits["jaxrob-stepwise"] = np.asarray(jax_variant("jaxrob-stepwise", step_loss, api_params, xj, yj))
     if not args.no_layerwise:
         ll, cl = jax_variant("jaxrob-layerwise", jaxrob_cnn_layerwise(T), pj, xj, yj)
         logits["jaxrob-layerwise"], counts["jaxrob-layerwise"] = np.asarray(ll), np.asarray(cl)
@@ -587,6 +598,9 @@ def run_cnn(args, torch, torch_device, have_spyx) -> dict[str, Any]:
     checks["API spike counts == hand-written twin (rel 1e-3)"] = all(
         _rel(a, float(b)) <= 1e-3 for a, b in zip(res["api_spike_counts"], ref.sum(0)))
     res["api_exact_match"] = res["api_spike_counts"] == [float(c) for c in ref.sum(0)]
+    if "jaxrob-stepwise" in logits:
+        checks["API stepwise logits == layer-wise (1e-5)"] = bool(
+            np.allclose(logits["jaxrob-stepwise"], logits["jaxrob"], rtol=1e-5, atol=1e-5))
     if "jaxrob-layerwise" in counts:
         diff = float(np.abs(counts["jaxrob-layerwise"] - ref).sum())
         checks["layerwise per-step spike counts == step-wise (rel 1e-3)"] = diff <= 1e-3 * float(ref.sum())
@@ -637,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--with-manual", action="store_true",
                    help="also time cnn_small hand-written with LIF.step in one scan (the API's structure)")
     p.add_argument("--no-layerwise", action="store_true", help="skip the jaxrob-layerwise cnn_small variant")
-    p.add_argument("--no-stepwise", action="store_true", help="skip the jaxrob-stepwise linear variant")
+    p.add_argument("--no-stepwise", action="store_true", help="skip the jaxrob-stepwise variants")
     p.add_argument("--skip", nargs="*", default=[], choices=("spyx", "snntorch"))
     p.add_argument("--torch-threads", type=int, default=None,
                    help="torch.set_num_threads (default: the cores available; on a CPU shared with other "
