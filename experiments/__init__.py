@@ -28,6 +28,8 @@ REGISTRY: dict[str, str] = {
     "snn_encoding": "experiments.snn_encoding",
     "snn_prune": "experiments.snn_prune",
     "snn_robustness": "experiments.snn_robustness",
+    "specdec_acceptance": "experiments.specdec_acceptance",
+    "specdec_block_efficiency": "experiments.specdec_block_efficiency",
 }
 
 
