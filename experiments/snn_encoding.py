@@ -47,10 +47,11 @@ or, without the CLI (registered or not)::
 Outputs in ``runs/snn_encoding/<timestamp>/``: ``results.md`` (the table),
 ``results.json``, ``config.json``, ``log.txt``.
 
-Deviations from the paper, on purpose: DCT blocks are non-overlapping
+Deviations from the paper, on purpose: DCT blocks are non-overlapping by default
 (``stride = block``, as the authors' TinyImageNet model; their CIFAR model uses
-stride 2 with the blocks tiled into a 60x60 input, which the jaxrob models do
-not take); thresholds are set from the ANN in one pass (see ``_hybrid``); the DCT
+stride 2 with the blocks tiled into a 60x60 input; ``snn.create`` takes that
+encoder, but the hybrid recipe's ANN twin cannot read the raw image at that size,
+so this experiment keeps stride = block); thresholds are set from the ANN in one pass (see ``_hybrid``); the DCT
 accumulator thresholds are fixed from calibration images
 (``dct_fixed_thresholds``; the code takes them per batch);
 fine-tuning is short (our choice, not the paper's schedule).

@@ -397,7 +397,8 @@ def compress(model: SpikingModel, widths: Mapping[str, int], *, key: jax.Array) 
     net = model._merge(model.variables)
     kwargs = dict(key=key, timesteps=model.timesteps or net.timesteps, encoder=net.encoder, neuron=net.neuron,
                   spiking=model.spiking, num_classes=model.num_classes, input_shape=model.input_shape,
-                  mean=net.mean, std=net.std, dropout=net.dropout_rate, widths=full)
+                  mean=net.mean, std=net.std, dropout=net.dropout_rate, widths=full,
+                  stepwise=getattr(model, "stepwise", False))
     if model.arch == "mlp":
         kwargs["hidden_sizes"] = tuple(op[2] for op in net.ops if op[0] == "dense")
     compressed = create(model.arch, **kwargs)
