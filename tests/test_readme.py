@@ -28,9 +28,20 @@ def test_readme_tour_runs():
 
 def test_readme_spiking_example_runs():
     text = README.read_text()
-    section = text[text.index("## Spiking networks"):text.index("## Experiments")]
+    section = text[text.index("## Spiking networks"):text.index("## Multi-draft speculative sampling")]
     (block,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
     ns: dict = {}
     exec(compile(block, str(README), "exec"), ns)
     assert ns["logits"].shape == (8, 10)
     assert ns["ann"].spiking is False and ns["net"].spiking is True
+
+
+def test_readme_speculative_sampling_example_runs():
+    text = README.read_text()
+    section = text[text.index("## Multi-draft speculative sampling"):text.index("## Experiments")]
+    (block,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    ns: dict = {}
+    exec(compile(block, str(README), "exec"), ns)
+    assert int(ns["accepted"]) in (-1, 0, 1) and 0 <= int(ns["token"]) < 3
+    assert float(ns["specdec"].optimal_acceptance(ns["p"], ns["qs"])) >= float(
+        ns["specdec"].acceptance_probability("spectr", ns["p"], ns["qs"])) - 1e-6
