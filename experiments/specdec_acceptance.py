@@ -174,6 +174,12 @@ def _table(results: dict, config: Config) -> str:
             row = res["by_k"][str(k)]
             lines.append(f"| {k} | " + " | ".join(f"{row[s]['mean']:.4f} ± {row[s]['stderr']:.4f}"
                                                    for s in SCHEME_LABELS) + " |")
+        lines += ["", "Paired differences per position (mean ± standard error):", "",
+                  "| K | IS − SpecTr | IS − SpecInfer | SpecTr − SpecInfer |", "|---:|---:|---:|---:|"]
+        for k in config.ks:
+            row = res["by_k"][str(k)]
+            lines.append(f"| {k} | " + " | ".join(f"{row[d]['mean']:+.4f} ± {row[d]['stderr']:.4f}"
+                                                   for d in ("IS-SpecTr", "IS-SpecInfer", "SpecTr-SpecInfer")) + " |")
         lines.append("")
     lines += ["## The paper's Table 3 (OPT-125M drafts, OPT-13B target; not our setting)", "",
               "| data | K | " + " | ".join(SCHEME_LABELS) + " |", "|---|---:|" + "---:|" * len(SCHEME_LABELS)]
@@ -222,6 +228,11 @@ def run(config: Config, ctx: Any) -> dict:
             acc = _acceptances(p, q, k, config)
             entry["by_k"][str(k)] = {s: {"mean": float(v.mean()), "stderr": float(v.std(ddof=1) / np.sqrt(len(v)))}
                                      for s, v in acc.items()}
+            # paired differences per position (the schemes see the same positions)
+            for a_, b_ in (("IS", "SpecTr"), ("IS", "SpecInfer"), ("SpecTr", "SpecInfer")):
+                d = acc[a_] - acc[b_]
+                entry["by_k"][str(k)][f"{a_}-{b_}"] = {"mean": float(d.mean()),
+                                                       "stderr": float(d.std(ddof=1) / np.sqrt(len(d)))}
             log.info(f"{draft} K={k}: " + ", ".join(f"{s} {v.mean():.4f}" for s, v in acc.items()))
         entry["seconds"] = time.perf_counter() - t0
         results["drafts"][draft] = entry
