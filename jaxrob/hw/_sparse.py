@@ -19,9 +19,9 @@ are the GEMM's ``M x K`` (the im2col view, an upper bound for a convolution) unl
 :func:`conv_input_elems` of the layers' :class:`~jaxrob.hw.LayerInfo`).
 
 The densities of a real model come from :func:`operand_densities`, which evaluates the
-model's jaxpr on data and records, for every ``conv_general_dilated`` / ``dot_general``
-equation, the fraction of non-zero entries of its left (activation) and right (weight)
-operand -- in equation order, the order a jaxpr-walking workload extractor sees.
+model's jaxpr on data and records, for every convolution / matrix product that depends on
+the input, the fraction of non-zero entries of its activation and weight operands -- in the
+layer order of :func:`jaxrob.hw._workload.extract`.
 :func:`soft_density` is the smooth L0 surrogate ``x**2 / (x**2 + sigma)`` for gradients
 (e.g. energy-latency attacks).
 
@@ -204,7 +204,7 @@ def zero_skip_cost(workload: Workload, *, tech: ZeroSkipTech = ZeroSkipTech(),
       >>> from jaxrob.hw._workload import make_workload
       >>> wl = make_workload([1.0], [2.0], [1.0], weight_density=0.5, act_density=1.0)
       >>> c = zero_skip_cost(wl)          # 1 weight + 2 inputs + 1 output from DRAM, 1 effective MAC
-      >>> float(c.energy_pj)
+      >>> round(float(c.energy_pj[0]), 1)
       7803.7
     """
     wl = _check_workload(workload)
@@ -241,14 +241,14 @@ def soft_density(x: jax.typing.ArrayLike, *, sigma: float = 1e-4) -> jax.Array:
 
 
 class OperandDensities(NamedTuple):
-    """Per-layer operand densities measured on data (equation order of the jaxpr).
+    """Per-layer operand densities measured on data, in the layer order of :func:`jaxrob.hw._workload.extract`.
 
     Attributes:
-      kinds: ``"conv"`` or ``"dot"`` per recorded equation.
-      act_density: ``(L,)`` non-zero fraction of the left operand (the activation for Flax
-        ``Dense`` / ``Conv`` layers).
-      weight_density: ``(L,)`` non-zero fraction of the right operand (the kernel).
-      shapes: ``(lhs shape, rhs shape)`` per equation.
+      kinds: ``"conv"``, ``"dense"`` or ``"matmul"`` per layer (as ``extract``'s :class:`LayerInfo`).
+      act_density: ``(L,)`` non-zero fraction of the operand that depends on the input (the left
+        one of a ``matmul``), over the batch and, inside loops, over all iterations.
+      weight_density: ``(L,)`` the same for the other operand (the kernel of a ``dense`` / ``conv``).
+      shapes: ``(activation shape, weight shape)`` per layer.
     """
 
     kinds: tuple[str, ...]
@@ -275,50 +275,110 @@ def _sub_jaxpr(eqn) -> tuple[Any, list] | None:
     return None
 
 
-def _eval_recording(jaxpr, consts, args, records) -> list:
+def _is_literal(v) -> bool:
+    return type(v).__name__ == "Literal"
+
+
+def _record(records: dict, key: tuple, kind: str, act, weight) -> None:
+    a, w = np.asarray(act), np.asarray(weight)
+    r = records.setdefault(key, [kind, 0, 0, 0, 0, (a.shape, w.shape)])
+    r[1] += int(np.count_nonzero(a))
+    r[2] += a.size
+    r[3] += int(np.count_nonzero(w))
+    r[4] += w.size
+
+
+def _eval_recording(jaxpr, consts, args, deps, records: dict, path: tuple) -> tuple[list, list]:
+    """Evaluates ``jaxpr`` eagerly; returns outputs and whether each depends on the model input."""
     env: dict = {}
+    dep: dict = {}
 
     def read(v):
-        return v.val if type(v).__name__ == "Literal" else env[v]
+        return v.val if _is_literal(v) else env[v]
+
+    def rdep(v):
+        return False if _is_literal(v) else dep[v]
 
     for v, c in zip(jaxpr.constvars, consts):
-        env[v] = c
-    for v, a in zip(jaxpr.invars, args):
-        env[v] = a
-    for eqn in jaxpr.eqns:
+        env[v], dep[v] = c, False
+    for v, a, d in zip(jaxpr.invars, args, deps):
+        env[v], dep[v] = a, d
+    for i, eqn in enumerate(jaxpr.eqns):
         vals = [read(v) for v in eqn.invars]
+        dps = [rdep(v) for v in eqn.invars]
         name = eqn.primitive.name
-        if name in ("conv_general_dilated", "dot_general"):
-            lhs, rhs = np.asarray(vals[0]), np.asarray(vals[1])
-            records.append(("conv" if name == "conv_general_dilated" else "dot", float(np.mean(lhs != 0)),
-                            float(np.mean(rhs != 0)), (lhs.shape, rhs.shape)))
+        key = path + (i,)
+        if name in ("conv_general_dilated", "dot_general") and (dps[0] or dps[1]):
+            ai = 1 if (dps[1] and not dps[0]) else 0
+            kind = "conv" if name == "conv_general_dilated" else ("matmul" if dps[0] and dps[1] else "dense")
+            _record(records, key, kind, vals[ai], vals[1 - ai])
         sub = _sub_jaxpr(eqn)
-        if sub is not None and len(sub[0].invars) == len(vals):
-            outs = _eval_recording(sub[0], sub[1], vals, records)
+        if name == "scan" and eqn.params["length"] > 0:
+            outs, odeps = _eval_scan(eqn, vals, dps, records, key)
+        elif name == "while":
+            outs, odeps = _eval_while(eqn, vals, dps, records, key)
+        elif sub is not None and len(sub[0].invars) == len(vals):
+            outs, odeps = _eval_recording(sub[0], sub[1], vals, dps, records, key)
         else:
             outs = eqn.primitive.bind(*vals, **eqn.params)
             if not eqn.primitive.multiple_results:
                 outs = [outs]
-        for v, o in zip(eqn.outvars, outs):
-            env[v] = o
-    return [read(v) for v in jaxpr.outvars]
+            odeps = [any(dps)] * len(outs)
+        for v, o, d in zip(eqn.outvars, outs, odeps):
+            env[v], dep[v] = o, d
+    return [read(v) for v in jaxpr.outvars], [rdep(v) for v in jaxpr.outvars]
+
+
+def _eval_scan(eqn, vals, dps, records, key):
+    p = eqn.params
+    nc, nk, body = p["num_consts"], p["num_carry"], p["jaxpr"]
+    consts, carry, xs = vals[:nc], list(vals[nc:nc + nk]), vals[nc + nk:]
+    cdep, kdep, xdep = dps[:nc], list(dps[nc:nc + nk]), dps[nc + nk:]
+    n = int(p["length"])
+    ys: list = [None] * n
+    ydep: list = []
+    for t in (reversed(range(n)) if p["reverse"] else range(n)):
+        outs, od = _eval_recording(body.jaxpr, body.consts, list(consts) + carry + [x[t] for x in xs],
+                                   list(cdep) + kdep + list(xdep), records, key)
+        carry = list(outs[:nk])
+        kdep = [a or b for a, b in zip(kdep, od[:nk])]
+        ys[t], ydep = outs[nk:], od[nk:]
+    stacked = [jnp.stack([y[j] for y in ys]) for j in range(len(ys[0]))]
+    return carry + stacked, kdep + list(ydep)
+
+
+def _eval_while(eqn, vals, dps, records, key):
+    p = eqn.params
+    cn, bn = p["cond_nconsts"], p["body_nconsts"]
+    cond, body = p["cond_jaxpr"], p["body_jaxpr"]
+    cc, bc, carry = vals[:cn], vals[cn:cn + bn], list(vals[cn + bn:])
+    ccd, bcd, kdep = dps[:cn], dps[cn:cn + bn], list(dps[cn + bn:])
+    while bool(_eval_recording(cond.jaxpr, cond.consts, list(cc) + carry, list(ccd) + kdep, {}, key)[0][0]):
+        carry, od = _eval_recording(body.jaxpr, body.consts, list(bc) + carry, list(bcd) + kdep, records, key)
+        kdep = [a or b for a, b in zip(kdep, od)]
+    return carry, kdep
 
 
 def operand_densities(apply_fn: Callable, params: Any, x: jax.typing.ArrayLike) -> OperandDensities:
     """Measured non-zero fractions of the operands of every convolution and matrix product.
 
     Traces ``apply_fn(params, x)`` to a jaxpr and evaluates it equation by equation
-    (eagerly, descending into ``jit`` / custom-derivative calls), recording the fraction of
-    non-zero entries of both operands of every ``conv_general_dilated`` and ``dot_general``
-    over the whole batch ``x``.  Equations inside ``scan`` / ``while`` / ``cond`` bodies run
-    as one primitive and are not recorded.  Set a :class:`~jaxrob.hw.Workload`'s
-    ``act_density`` from it: ``wl._replace(act_density=jnp.asarray(d.act_density))`` when the
-    layer lists agree (same equation order).
+    (eagerly, descending into ``jit`` / custom-derivative / ``remat`` calls and running
+    ``scan`` and ``while_loop`` bodies iteration by iteration), recording for every
+    ``conv_general_dilated`` / ``dot_general`` that depends on ``x`` the fraction of non-zero
+    entries of its input-dependent operand (the activation) and of the other one (the
+    weight), over the whole batch and all loop iterations.  The layers, their kinds and
+    their order are those of :func:`jaxrob.hw._workload.extract` (same dependence rule, one
+    layer per equation, a layer in a loop once), so
+    ``wl._replace(act_density=jnp.asarray(d.act_density))`` sets a workload's measured
+    densities.  Exception: for ``lax.cond`` the branch taken on this data is measured while
+    ``extract`` keeps the costliest branch; the lengths then differ and the caller must
+    match layers.
 
     Args:
       apply_fn: ``(params, x) -> output``, any JAX function.
       params: its parameters (e.g. a Model's ``variables``).
-      x: a batch of inputs.
+      x: a batch of inputs (a pytree of arrays is allowed).
 
     Returns:
       An :class:`OperandDensities`.
@@ -333,14 +393,19 @@ def operand_densities(apply_fn: Callable, params: Any, x: jax.typing.ArrayLike) 
     if not callable(apply_fn):
         raise TypeError(f"apply_fn must be callable (params, x) -> output, got {type(apply_fn).__name__}")
     closed = jax.make_jaxpr(apply_fn)(params, x)
-    records: list = []
+    n_params = len(jax.tree_util.tree_leaves(params))
+    flat = jax.tree_util.tree_leaves((params, x))
+    deps = [i >= n_params for i in range(len(flat))]
+    records: dict = {}
     with jax.disable_jit():
-        flat = jax.tree_util.tree_leaves((params, x))
-        _eval_recording(closed.jaxpr, list(closed.consts), flat, records)
+        _eval_recording(closed.jaxpr, list(closed.consts), flat, deps, records, ())
     if not records:
         return OperandDensities((), np.zeros(0, np.float32), np.zeros(0, np.float32), ())
-    kinds, a, w, shapes = zip(*records)
-    return OperandDensities(tuple(kinds), np.asarray(a, np.float32), np.asarray(w, np.float32), tuple(shapes))
+    rows = list(records.values())
+    return OperandDensities(tuple(r[0] for r in rows),
+                            np.asarray([r[1] / max(r[2], 1) for r in rows], np.float32),
+                            np.asarray([r[3] / max(r[4], 1) for r in rows], np.float32),
+                            tuple(r[5] for r in rows))
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 from jaxrob.hw._sparse import (FORMATS, SparceLoop, ZeroSkipTech, conv_input_elems, expected_format_bits, format_bits,
                                operand_densities, snn_energy, snn_workload_energy, soft_density, sparce_runtime,
                                sparce_skip_fraction, zero_skip_cost)
-from jaxrob.hw._workload import LayerInfo, make_workload
+from jaxrob.hw._workload import LayerInfo, extract, make_workload
 
 
 def _wl(**kw):
@@ -92,11 +92,35 @@ def test_operand_densities_of_a_foreign_function_through_jit_and_custom_jvp():
     p = {"w1": jax.random.normal(k1, (8, 16)), "w2": jnp.zeros((16, 3)).at[::2].set(1.0)}
     x = jax.random.normal(k2, (32, 8))
     d = operand_densities(f, p, x)
-    assert d.kinds == ("dot", "dot")
+    assert d.kinds == ("dense", "dense")
     want = float(jnp.mean(jax.nn.relu(x @ p["w1"]) != 0))
     np.testing.assert_allclose(d.act_density, [1.0, want], rtol=1e-6)
     np.testing.assert_allclose(d.weight_density, [1.0, 0.5])
     assert d.shapes[1] == ((32, 16), (16, 3))
+
+
+def test_operand_densities_follow_extract_through_scan_weight_left_and_matmul():
+    def f(p, x):
+        h, _ = jax.lax.scan(lambda h, w: (jax.nn.relu(h @ w), None), x, p["ws"])   # 3 layers in a scan
+        y = (p["v"] @ h.T).T                                                     # weight on the left
+        att = y @ y.T                                                            # both operands from x
+        return att, p["ws"][0] @ p["ws"][1]                                      # weight-only: not a layer
+
+    k1, k2, k3 = jax.random.split(jax.random.key(2), 3)
+    p = {"ws": jax.random.normal(k1, (3, 8, 8)), "v": jax.random.normal(k2, (5, 8)).at[0].set(0.0)}
+    x = jax.random.normal(k3, (6, 8))
+    d = operand_densities(f, p, x)
+    wl, infos = extract(f, p, x)
+    assert d.kinds == tuple(i.kind for i in infos) == ("dense", "dense", "matmul")
+    h = x
+    acts = []
+    for t in range(3):
+        acts.append(float(jnp.mean(h != 0)))
+        h = jax.nn.relu(h @ p["ws"][t])
+    assert float(d.act_density[0]) == pytest.approx(np.mean(acts), rel=1e-6)   # averaged over the scan
+    assert float(d.act_density[1]) == pytest.approx(float(jnp.mean(h != 0)), rel=1e-6)
+    assert float(d.weight_density[1]) == pytest.approx(0.8)                    # v's zero row
+    assert d.shapes[1] == ((8, 6), (5, 8))
 
 
 def test_operand_densities_of_a_jaxrob_model_and_its_pruned_kernel():
@@ -106,7 +130,9 @@ def test_operand_densities_of_a_jaxrob_model_and_its_pruned_kernel():
     net = models.create("cnn_small", key=jax.random.key(0))
     x = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1))
     d = operand_densities(net.apply_fn, net.variables, x)
-    assert d.kinds == ("conv", "conv", "dot", "dot")
+    assert d.kinds == ("conv", "conv", "dense", "dense")
+    wl, infos = extract(net.apply_fn, net.variables, x)
+    assert d.kinds == tuple(i.kind for i in infos)                              # extract's layer list
     np.testing.assert_allclose(d.weight_density, 1.0)
     assert np.all(d.act_density[1:] < 1.0) and np.all(d.act_density > 0.0)   # after ReLU
     params = apply_masks(net.params, magnitude_masks(net.params, sparsity=0.75))
