@@ -138,8 +138,16 @@ def test_operand_densities_of_a_jaxrob_model_and_its_pruned_kernel():
     params = apply_masks(net.params, magnitude_masks(net.params, sparsity=0.75))
     d2 = operand_densities(net.apply_fn, {**net.variables, "params": params}, x)
     np.testing.assert_allclose(d2.weight_density, 0.25, atol=2e-3)
-    wl = make_workload([1.0] * 4, [1.0] * 4, [1.0] * 4)._replace(act_density=jnp.asarray(d2.act_density))
-    assert float(sparce_runtime(wl)[1]) > 0
+    wl = wl._replace(act_density=jnp.asarray(d2.act_density), weight_density=jnp.asarray(d2.weight_density))
+    dense_cost = zero_skip_cost(wl._replace(act_density=jnp.ones(4), weight_density=jnp.ones(4)))
+    sparse_cost = zero_skip_cost(wl)                      # measured activation and weight sparsity
+    assert np.all(np.asarray(sparse_cost.energy_pj) < np.asarray(dense_cost.energy_pj))
+    np.testing.assert_allclose(sparse_cost.effective_macs, wl.macs * d2.act_density * d2.weight_density, rtol=1e-5)
+    assert 0 < float(sparce_runtime(wl)[1]) < 3 / 7
+    batched = jax.jit(jax.vmap(lambda s: zero_skip_cost(wl._replace(act_density=s * wl.act_density)).energy_pj))(
+        jnp.array([0.5, 1.0]))
+    np.testing.assert_allclose(batched[1], sparse_cost.energy_pj, rtol=1e-6)
+    assert np.all(np.asarray(batched[0]) < np.asarray(batched[1]))
 
 
 # ---------------------------------------------------------------------------------------------- formats
