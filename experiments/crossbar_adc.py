@@ -13,8 +13,8 @@ NeuroSim V1.3 65 nm SAR and flash ADC fits:
 2. **Masks at matched target sparsity** from :mod:`jaxrob.prune`, on the network's kernels:
 
    * ``unstructured``: per-layer magnitude pruning (:func:`jaxrob.prune.magnitude_masks`);
-   * ``N:M``: ``N = (1 - s) M`` of every ``M`` consecutive inputs of each output
-     (:func:`jaxrob.prune.nm_masks`, groups along crossbar columns);
+   * ``N:M``: ``N = (1 - s) M`` of every ``M`` consecutive rows of each crossbar column
+     (:func:`jaxrob.prune.nm_mask` on the crossbar matrix, rows zero-padded to a multiple of ``M``);
    * ``D.U.B.``: power-of-two balanced columns per crossbar (:func:`jaxrob.prune.dub_masks`
      with ``sparsity=s``; the pruning step only, without D.U.B.'s regularised training).
 
@@ -63,8 +63,8 @@ from experiments import _snn
 from jaxrob import _io, _validate, models
 from jaxrob.hw._adc import adc_energy, column_bits, crossbar_adc_cost, weight_adc_cost
 from jaxrob.hw._workload import make_workload
-from jaxrob.prune import crossbar_matrix, crossbar_report, dub_masks, magnitude_masks, nm_masks
-from jaxrob.prune._masks import named_leaves
+from jaxrob.prune import crossbar_matrix, crossbar_report, dub_masks, from_crossbar_matrix, magnitude_masks, nm_mask
+from jaxrob.prune._masks import named_leaves, path_name
 
 NAME = "crossbar_adc"
 DESCRIPTION = "crossbar ADC energy vs column sparsity: unstructured, N:M and D.U.B.-style masks (SAR / flash)"
@@ -104,6 +104,9 @@ class Config:
         if c & (c - 1):
             raise ValueError(f"crossbar must be a power of two (D.U.B.'s levels are rows / 2**k), got {c}")
         m = _validate.number("nm_m", self.nm_m, min=2, integer=True)
+        if c % m:
+            raise ValueError(f"nm_m must divide the crossbar rows ({c}) so N:M groups do not straddle crossbars, "
+                             f"got {m}")
         if not self.sparsities:
             raise ValueError("sparsities must be a non-empty tuple of fractions in (0, 1)")
         for s in self.sparsities:
@@ -135,11 +138,29 @@ def _where(layers: str, num_classes: int = 10):
     return where
 
 
+def _nm_crossbar_mask(w: Any, n: int, m: int) -> jax.Array:
+    """N:M along the crossbar columns: groups of ``m`` consecutive rows of ``crossbar_matrix(w)``.
+
+    Rows are zero-padded to a multiple of ``m`` (a convolution's ``Cin * KH * KW`` need not be
+    one), so the last group of a column keeps at most ``n`` of its real weights.  With ``m``
+    dividing the crossbar rows every full crossbar column holds exactly ``rows * n / m``
+    non-zeros (``jaxrob.prune.nm_masks`` groups along ``Cin`` instead, strided in this row order).
+    """
+    mat = crossbar_matrix(jnp.asarray(w))
+    pad = -mat.shape[0] % m
+    mask = nm_mask(jnp.pad(mat, ((0, pad), (0, 0))), n=n, m=m, axis=0)[:mat.shape[0]]
+    return from_crossbar_matrix(mask, jnp.shape(w))
+
+
 def _masks(method: str, params: Any, s: float, config: Config, where) -> Any:
     if method == "unstructured":
         return magnitude_masks(params, sparsity=s, where=where)
     if method == "N:M":
-        return nm_masks(params, n=int(round((1 - s) * config.nm_m)), m=config.nm_m, where=where)
+        n = int(round((1 - s) * config.nm_m))
+        selected = {name for name, _ in named_leaves(params, where=where)}
+        return jax.tree_util.tree_map_with_path(
+            lambda path, w: (_nm_crossbar_mask(w, n, config.nm_m) if path_name(path) in selected
+                             else jnp.ones(jnp.shape(w), bool)), params)
     return dub_masks(params, crossbar=config.crossbar, sparsity=s, where=where)
 
 

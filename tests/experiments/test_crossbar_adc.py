@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 from experiments import crossbar_adc
@@ -22,8 +23,22 @@ def test_presets_validate_and_bad_configs_raise():
         dataclasses.replace(small, layers="dense").validate()
     with pytest.raises(ValueError, match="model must be one of"):
         dataclasses.replace(small, model="gpt").validate()
+    with pytest.raises(ValueError, match="nm_m must divide the crossbar rows"):
+        dataclasses.replace(small, nm_m=48, sparsities=(0.5,)).validate()
 
 
+def test_nm_masks_on_the_crossbar_matrix_of_a_convolution():
+    import jax
+    from jaxrob.prune import crossbar_matrix
+
+    w = jax.random.normal(jax.random.key(0), (3, 3, 3, 8))          # 27 crossbar rows, not a multiple of 4
+    mask = crossbar_adc._nm_crossbar_mask(w, 1, 4)
+    counts = np.asarray(crossbar_matrix(mask)).reshape(27, 8)
+    groups = np.pad(counts, ((0, 1), (0, 0))).reshape(7, 4, 8).sum(axis=1)
+    assert mask.shape == w.shape and np.all(groups == 1)               # exactly 1 of every 4 rows, last group too
+
+
+@pytest.mark.slow
 def test_small_run_orders_the_methods_as_the_model_predicts(tmp_path):
     config = dataclasses.replace(crossbar_adc.PRESETS["small"], sparsities=(0.75, 0.9375))
     results = crossbar_adc.run(config, tmp_path)
