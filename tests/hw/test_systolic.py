@@ -315,3 +315,16 @@ def test_errors():
         systolic_cost((4, 4, 4), 4, 4)
     with pytest.raises(ValueError, match="dram_pj_per_bit"):
         SystolicEnergy(dram_pj_per_bit=-1.0)
+
+
+def test_exact_folds_under_jit():
+    """Fold counts stay exact under jit, where XLA may turn ``a / 7`` into ``a * (1/7)`` (ceil(21/7) -> 4)."""
+    m = 7.0 * np.arange(1, 41)
+    w = make_workload(m, 13.0 * np.arange(1, 41), 21.0)
+    for df in DATAFLOWS:
+        want = np.asarray([_hand_cycles(int(a), int(b), 21, 7, 13, df) for a, b in zip(m, 13 * np.arange(1, 41))],
+                          np.float32)
+        # Both forms below give wrong fold counts (18 / 3 / 5 layers off for os / ws / is) with jnp.ceil(a / b).
+        np.testing.assert_array_equal(systolic_cost(w, 7, 13, dataflow=df).cycles, want)
+        fn = jax.jit(jax.vmap(lambda r, c: systolic_cost(w, r, c, dataflow=df).cycles))
+        np.testing.assert_array_equal(fn(jnp.asarray([7.0]), jnp.asarray([13.0]))[0], want)
