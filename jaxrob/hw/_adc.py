@@ -90,7 +90,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrob import _validate
-from jaxrob.hw._smooth import interp_int
+from jaxrob.hw._smooth import ceil_div, floor_div, interp_int
 from jaxrob.hw._workload import Workload
 
 __all__ = [
@@ -328,11 +328,11 @@ def _layer_cost(wl: Workload, wb: jax.Array, ab: jax.Array, *, rows: int, cols: 
     """Exact cost at (integer-valued) ``wb``, ``ab``; every other input continuous."""
     f32 = jnp.float32
     K, Nw = wl.k, wl.n
-    cells = jnp.ceil(wb / cell_bits)
+    cells = ceil_div(wb, cell_bits)
     ncols = Nw * cells
-    gr_full = jnp.floor(K / rows)
+    gr_full = floor_div(K, rows)
     r_last = K - gr_full * rows
-    gc_full = jnp.floor(ncols / cols)
+    gc_full = floor_div(ncols, cols)
     c_last = ncols - gc_full * cols
     # crossbar types (r, c, how many): full x full, full x partial, partial x full, partial x partial
     r_t = jnp.stack([jnp.full_like(K, rows), jnp.full_like(K, rows), r_last, r_last], -1)
@@ -361,7 +361,7 @@ def _layer_cost(wl: Workload, wb: jax.Array, ab: jax.Array, *, rows: int, cols: 
         b_conv = _bits(d * r_t, ib, cb, relaxed, saturate)
         e_conv = energy_of(b_conv)
         t_conv = latency_of(b_conv)
-    slices = jnp.ceil(ab / input_bits)
+    slices = ceil_div(ab, input_bits)
     reads = wl.count * wl.groups * wl.m * slices                           # reads of each crossbar
     conv_per_read = jnp.sum(n_t * c_t, -1)
     energy = reads * jnp.sum(n_t * c_t * e_conv, -1)

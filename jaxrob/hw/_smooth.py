@@ -59,3 +59,26 @@ def soft_ceil(x: jax.Array) -> jax.Array:
 def _soft_ceil_jvp(primals, tangents):
     (x,), (dx,) = primals, tangents
     return jnp.ceil(x), dx
+
+
+def ceil_div(a: jax.typing.ArrayLike, b: jax.typing.ArrayLike) -> jax.Array:
+    """``ceil(a / b)`` for integer-valued floats, exact even where XLA turns ``/`` into a multiply by ``1/b``.
+
+    ``jnp.ceil(21. / 7.)`` can come out as 4 (``21 * (1/7) = 3.0000002``); the products below
+    are exact for integers below ``2**24``, so one correction step each way restores the
+    integer quotient.
+    """
+    a = jnp.asarray(a, jnp.float32)
+    b = jnp.asarray(b, jnp.float32)
+    q = jnp.ceil(a / b)
+    q = jnp.where((q - 1.0) * b >= a, q - 1.0, q)
+    return jnp.where(q * b < a, q + 1.0, q)
+
+
+def floor_div(a: jax.typing.ArrayLike, b: jax.typing.ArrayLike) -> jax.Array:
+    """``floor(a / b)`` for integer-valued floats, exact in the same sense as :func:`ceil_div`."""
+    a = jnp.asarray(a, jnp.float32)
+    b = jnp.asarray(b, jnp.float32)
+    q = jnp.floor(a / b)
+    q = jnp.where(q * b > a, q - 1.0, q)
+    return jnp.where((q + 1.0) * b <= a, q + 1.0, q)

@@ -277,3 +277,14 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="power of two"):
         weight_adc_cost(jnp.ones((10, 4)), crossbar=(48, 4))
     assert isinstance(NEUROSIM_65NM_HP, AdcTech)
+
+
+def test_exact_integer_division_helpers():
+    """XLA may turn ``a / b`` into ``a * (1/b)``: ``ceil(21/7)`` must still be 3 (regression)."""
+    from jaxrob.hw._smooth import ceil_div, floor_div
+    a = jnp.arange(1.0, 200.0)
+    for b in (3.0, 7.0, 10.0, 49.0):
+        want_c = np.ceil(np.arange(1, 200) / b)
+        want_f = np.floor(np.arange(1, 200) / b)
+        np.testing.assert_array_equal(np.asarray(jax.jit(ceil_div)(a, b)), want_c)
+        np.testing.assert_array_equal(np.asarray(jax.jit(jax.vmap(floor_div, (0, None)))(a, b)), want_f)
