@@ -30,6 +30,8 @@ REGISTRY: dict[str, str] = {
     "snn_robustness": "experiments.snn_robustness",
     "specdec_acceptance": "experiments.specdec_acceptance",
     "specdec_block_efficiency": "experiments.specdec_block_efficiency",
+    "imc_limits": "experiments.imc_limits",
+    "crossbar_adc": "experiments.crossbar_adc",
 }
 
 
