@@ -38,7 +38,7 @@ def test_readme_spiking_example_runs():
 
 def test_readme_speculative_sampling_example_runs():
     text = README.read_text()
-    section = text[text.index("## Multi-draft speculative sampling"):text.index("## Experiments")]
+    section = text[text.index("## Multi-draft speculative sampling"):text.index("## Hardware cost models")]
     (block,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
     ns: dict = {}
     exec(compile(block, str(README), "exec"), ns)
@@ -48,3 +48,16 @@ def test_readme_speculative_sampling_example_runs():
                                                                            "canonical_is")]
     np.testing.assert_allclose(got, [0.70, 0.76, 0.79, 0.86], atol=0.005)     # the values the README prints
     np.testing.assert_allclose(float(sd.optimal_acceptance(ns["p"], ns["qs"])), 0.86, atol=1e-5)
+
+
+def test_readme_hardware_example_runs():
+    text = README.read_text()
+    section = text[text.index("## Hardware cost models"):text.index("## Experiments")]
+    (block,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    ns: dict = {}
+    exec(compile(block, str(README), "exec"), ns)
+    assert len(ns["layers"]) == 20 and float(ns["wl"].macs.sum()) == 40_551_040
+    assert 0 < float(ns["cost"].total_utilization) <= 1
+    cycles = np.asarray(ns["cycles"])
+    assert cycles.shape == (121,) and cycles[0] > cycles[-1]       # bigger arrays, fewer cycles
+    assert float(ns["slope"]) < 0
