@@ -436,6 +436,20 @@ def _dense_like(shape: Any) -> tuple[int, int]:
     return r, c
 
 
+_INDEXED = ("bitmap", "coo", "csr", "csc")
+
+
+def _indexed_bits(fmt: str, nnz: Any, R: int, C: int, v: int) -> Any:
+    """Bits of the formats whose size depends only on the number of non-zeros (exact or expected)."""
+    if fmt == "bitmap":
+        return R * C + nnz * v
+    if fmt == "coo":
+        return nnz * (v + _clog2(R) + _clog2(C))
+    if fmt == "csr":
+        return nnz * (v + _clog2(C)) + (R + 1) * _clog2(R * C + 1)
+    return nnz * (v + _clog2(R)) + (C + 1) * _clog2(R * C + 1)                # csc
+
+
 def format_bits(w: jax.typing.ArrayLike, fmt: str, *, value_bits: int = 8, run_bits: int = 4, n: int | None = None,
                 m: int | None = None) -> int:
     """Exact storage (bits) of a 2-D weight matrix in a sparse format (formulas in the module docstring).
@@ -472,14 +486,8 @@ def format_bits(w: jax.typing.ArrayLike, fmt: str, *, value_bits: int = 8, run_b
     v = value_bits
     if fmt == "dense":
         return R * C * v
-    if fmt == "bitmap":
-        return R * C + nnz * v
-    if fmt == "coo":
-        return nnz * (v + _clog2(R) + _clog2(C))
-    if fmt == "csr":
-        return nnz * (v + _clog2(C)) + (R + 1) * _clog2(R * C + 1)
-    if fmt == "csc":
-        return nnz * (v + _clog2(R)) + (C + 1) * _clog2(R * C + 1)
+    if fmt in _INDEXED:
+        return _indexed_bits(fmt, nnz, R, C, v)
     if fmt == "rle":
         B = 2 ** run_bits
         entries = 0
@@ -518,14 +526,8 @@ def expected_format_bits(shape: tuple[int, int], density: jax.typing.ArrayLike, 
     v = value_bits
     if fmt == "dense":
         return jnp.full(d.shape, float(R * C * v))
-    if fmt == "bitmap":
-        return R * C + nnz * v
-    if fmt == "coo":
-        return nnz * (v + _clog2(R) + _clog2(C))
-    if fmt == "csr":
-        return nnz * (v + _clog2(C)) + (R + 1) * _clog2(R * C + 1)
-    if fmt == "csc":
-        return nnz * (v + _clog2(R)) + (C + 1) * _clog2(R * C + 1)
+    if fmt in _INDEXED:
+        return _indexed_bits(fmt, nnz, R, C, v)
     if fmt == "rle":
         B = 2 ** run_bits
         j = np.arange(1, (R - 1) // B + 1, dtype=np.float32)          # pad entries j = 1 .. floor((R-1)/B)
