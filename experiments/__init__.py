@@ -32,6 +32,7 @@ REGISTRY: dict[str, str] = {
     "specdec_block_efficiency": "experiments.specdec_block_efficiency",
     "imc_limits": "experiments.imc_limits",
     "crossbar_adc": "experiments.crossbar_adc",
+    "sosa_granularity": "experiments.sosa_granularity",
 }
 
 

@@ -11,7 +11,9 @@ bit-widths) get documented relaxations that equal the exact cost at integer poin
   its jaxpr), :func:`resnet50`, :func:`mobilenet_v2`, :func:`bert_base_layer`,
   :func:`to_scalesim_topology`.
 * Systolic arrays: :func:`systolic_cost` (output/weight/input stationary; cycle counts as
-  SCALE-Sim 3.0.0's, one cycle apart).
+  SCALE-Sim 3.0.0's, one cycle apart); multi-pod arrays after SOSA, :func:`multipod_cost`,
+  :func:`multi_tenant_cost`, :func:`interconnect` (crossbar, butterfly, Benes, mesh; the
+  scaling formulas are ours, only the paper's abstract was readable).
 * In-memory computing: :func:`imc_cost`, SNR metrics, MPC ADC bits, QS / IS / QR models
   (Gonugondla et al.; derived from the abstracts, see :mod:`jaxrob.hw._imc`).
 * Crossbar ADCs: :func:`crossbar_adc_cost`, :func:`weight_adc_cost`, :func:`adc_energy`
@@ -19,7 +21,7 @@ bit-widths) get documented relaxations that equal the exact cost at integer poin
 * Sparsity: :func:`zero_skip_cost`, :func:`operand_densities`, :func:`format_bits`,
   :func:`sparce_skip_fraction`, :func:`snn_workload_energy`.
 
-Still to come (issue #7): multi-pod arrays (SOSA) and the design-space experiments.
+Still to come (issue #7): the design-space sweep and gradient search.
 """
 
 from jaxrob.hw._adc import (NEUROSIM_45NM_HP, NEUROSIM_65NM_HP, AdcCost, AdcTech, adc_energy, adc_latency,
@@ -30,6 +32,8 @@ from jaxrob.hw._imc import (DotStats, IMCCost, IMCTech, adc_bits_full_precision,
                             snr_total, sqnr_adc, sqnr_input)
 from jaxrob.hw._imc import adc_delay as imc_adc_delay
 from jaxrob.hw._imc import adc_energy as imc_adc_energy
+from jaxrob.hw._multipod import (INTERCONNECTS, Interconnect, MultiPodCost, MultiPodTech, TenancyCost, interconnect,
+                                 multi_tenant_cost, multipod_cost)
 from jaxrob.hw._smooth import ceil_div, floor_div, interp_int, soft_ceil
 from jaxrob.hw._sparse import (FORMATS, OperandDensities, SparceLoop, ZeroSkipCost, ZeroSkipTech, conv_input_elems,
                                expected_format_bits, format_bits, operand_densities, snn_energy, snn_workload_energy,
@@ -43,6 +47,8 @@ __all__ = [
     "to_scalesim_topology", "SCALESIM_HEADER",
     "interp_int", "soft_ceil", "ceil_div", "floor_div",
     "systolic_cost", "SystolicCost", "SystolicEnergy", "DATAFLOWS",
+    "multipod_cost", "multi_tenant_cost", "interconnect", "MultiPodCost", "MultiPodTech", "TenancyCost",
+    "Interconnect", "INTERCONNECTS",
     "IMCTech", "DotStats", "IMCCost", "imc_cost", "knob_for_snr", "sqnr_input", "sqnr_adc", "clipping_snr",
     "snr_pre_adc", "snr_total", "mpc_adc_bits", "adc_bits_full_precision", "imc_adc_energy", "imc_adc_delay",
     "qs_snr", "qs_energy", "qs_delay", "qs_headroom", "qs_max_rows", "qs_snr_floor", "is_snr", "is_energy",
