@@ -85,8 +85,10 @@ def test_identical_target_and_drafts_always_accept():
     qs = jnp.stack([p, p])
     for name in ("single_draft", "specinfer", "spectr"):
         np.testing.assert_allclose(float(acc.acceptance_probability(name, p, qs)), 1.0, atol=1e-6)
-    # (truncated IS with s = 2 is not: its fixed priority rule distorts q_I away from q = p)
-    assert float(acc.acceptance_probability("truncated_is", p, qs, s=2)) < 1.0 - 1e-3
+    # truncated IS with s = 2 and no guard is not: its fixed priority rule distorts q_I away from
+    # q = p; the guard (default) then keeps the first draft, whose law is p
+    assert float(acc.acceptance_probability("truncated_is", p, qs, s=2, guard=False)) < 1.0 - 1e-3
+    np.testing.assert_allclose(float(acc.acceptance_probability("truncated_is", p, qs, s=2)), 1.0, atol=1e-6)
     np.testing.assert_allclose(float(sch.spectr_rho(p, p, 2)), 1.0, atol=1e-6)
 
 
