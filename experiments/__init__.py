@@ -33,6 +33,7 @@ REGISTRY: dict[str, str] = {
     "imc_limits": "experiments.imc_limits",
     "crossbar_adc": "experiments.crossbar_adc",
     "sosa_granularity": "experiments.sosa_granularity",
+    "design_space": "experiments.design_space",
 }
 
 

@@ -21,7 +21,7 @@ bit-widths) get documented relaxations that equal the exact cost at integer poin
 * Sparsity: :func:`zero_skip_cost`, :func:`operand_densities`, :func:`format_bits`,
   :func:`sparce_skip_fraction`, :func:`snn_workload_energy`.
 
-Still to come (issue #7): the design-space sweep and gradient search.
+The design-space sweep and gradient search are the ``design_space`` experiment.
 """
 
 from jaxrob.hw._adc import (NEUROSIM_45NM_HP, NEUROSIM_65NM_HP, AdcCost, AdcTech, adc_energy, adc_latency,
