@@ -34,10 +34,13 @@ def test_sweep_matches_single_calls_and_search_is_near_the_optimum(tmp_path):
     for r, c in [(8, 8), (17, 33), (40, 12)]:
         one = float(e._log_edp(wl, float(r), float(c), "os", config, False))
         np.testing.assert_allclose(vals[r - 8, c - 8], one, rtol=1e-6)
-    gs = e.gradient_search(wl, "os", config)
     best = float(vals.min())
-    assert gs["log_edp"] >= best - 1e-6                         # nothing beats the exhaustive sweep
-    assert np.exp(gs["log_edp"] - best) - 1 < 0.10              # within 10 % of the optimum's EDP
+    plain = e.gradient_search(wl, "os", dataclasses.replace(config, line_search=False))
+    assert plain["log_edp"] >= best - 1e-5                      # nothing beats the exhaustive sweep
+    assert np.exp(plain["log_edp"] - best) - 1 < 0.10           # the gradient stage alone: within 10 %
+    gs = e.gradient_search(wl, "os", config)                    # + exact coordinate descent
+    assert best - 1e-5 <= gs["log_edp"] <= plain["log_edp"] + 1e-6
+    assert gs["exact_evaluations"] > plain["exact_evaluations"]
     ctx = RunContext(run_dir=tmp_path, resume=False, progress=False, log=logging.getLogger("test_design_space"))
     tiny = dataclasses.replace(config, workloads=("bert_base",))
     results = e.run(tiny, ctx)
