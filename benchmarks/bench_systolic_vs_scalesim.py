@@ -7,6 +7,9 @@ under numpy 2) and point ``--scalesim-python`` at it:
     /work/scalesim-venv/bin/pip install scalesim==3.0.0 'numpy<2'
     .venv/bin/python benchmarks/bench_systolic_vs_scalesim.py            # full set
     .venv/bin/python benchmarks/bench_systolic_vs_scalesim.py --quick    # 3 layers
+    # every layer of both networks; needs many cores: 1,639 SCALE-Sim process-seconds for these two
+    # shapes on the H100 machine's CPU (3,433 for 32x32,32x128), 140 s of wall time on 13 processes
+    python benchmarks/bench_systolic_vs_scalesim.py --layers all --shapes 64x64,128x128 --jobs 13
 
 For every array shape and dataflow the script writes a SCALE-Sim config file, a topology
 CSV (conv format: name, IFMAP H, IFMAP W, filter H, filter W, channels, filters, stride)
@@ -22,7 +25,9 @@ and a layout file, runs SCALE-Sim in a subprocess (Python API, traces off), and 
 * SRAM ifmap and filter reads equal, ofmap writes equal in WS/IS and ``R + C`` more per fold in
   SCALE-Sim's OS (it counts the padded fold's shape once more; DETAILED_ACCESS_REPORT).
 
-Layers (batch 1, 224 x 224 inputs) are a few of ResNet-50's and MobileNetV2's from
+Layers (batch 1, 224 x 224 inputs) are a few of ResNet-50's and MobileNetV2's (default) or
+all of them (``--layers all``: the 54 + 53 rows, of which 24 + 30 are distinct and simulated,
+each in its own SCALE-Sim process; the network totals are then compared too), from
 ``jaxrob.hw._workload.resnet50`` / ``mobilenet_v2``, written by ``to_scalesim_topology``
 (one row per layer = one of its ``groups`` GEMMs, IFMAP sizes cut so that SCALE-Sim's
 ``ceil((H - kh + s) / s)`` gives our output size).  A depthwise layer is ``C``
@@ -102,6 +107,33 @@ def select_layers(names):
     return jax.tree.map(lambda *a: jnp.concatenate(a), *parts), tuple(infos)
 
 
+def all_layers():
+    """Every layer of both networks: ``(workload, infos, rows, unique)``.
+
+    ``rows[i]`` is the topology-CSV row of layer ``i`` (name field excluded); ``unique`` lists the
+    indices of the first layer of each distinct row.  Repeated blocks (e.g. ResNet-50's
+    ``layer3.1`` .. ``layer3.5``) are simulated once.
+    """
+    parts, infos = [], []
+    for net, fn in (("resnet50", resnet50), ("mobilenet_v2", mobilenet_v2)):
+        w, inf = fn()
+        parts.append(w)
+        infos += [x._replace(name=f"{net}.{x.name}") for x in inf]
+    workload = jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
+    topo = to_scalesim_topology(workload, infos).strip().splitlines()[1:]
+    rows = [tuple(x.strip() for x in r.split(",")[1:8]) for r in topo]
+    first: dict = {}
+    for i, r in enumerate(rows):
+        first.setdefault(r, i)
+    return workload, tuple(infos), rows, sorted(first.values())
+
+
+def topology_subset(topology_csv: str, idx) -> str:
+    """The header and the rows ``idx`` of a topology CSV."""
+    lines = topology_csv.strip().splitlines()
+    return "\n".join([lines[0]] + [lines[1 + i] for i in idx]) + "\n"
+
+
 def write_layout(path: Path, topology_csv: str) -> None:
     """SCALE-Sim v3 layout CSV for the rows of a topology CSV (row-major ifmap lines, all filters per line).
 
@@ -165,8 +197,8 @@ def read_report(path: Path) -> list[list[str]]:
 
 
 def run_scalesim(python: str, work: Path, topology_csv: str, names, rows: int, cols: int, dataflow: str,
-                 sram_kb: int) -> dict:
-    name = f"jaxrob_{dataflow}_{rows}x{cols}"
+                 sram_kb: int, tag: str = "") -> dict:
+    name = f"jaxrob_{dataflow}_{rows}x{cols}{tag}"
     d = work / name
     d.mkdir(parents=True, exist_ok=True)
     cfg, topo, layout = d / "config.cfg", d / "topology.csv", d / "layout.csv"
@@ -196,40 +228,83 @@ def run_scalesim(python: str, work: Path, topology_csv: str, names, rows: int, c
             "layers": per_layer}
 
 
+def parse_shapes(text: str):
+    """``"32x32,16x64"`` -> ``((32, 32), (16, 64))``."""
+    try:
+        shapes = tuple(tuple(int(v) for v in part.lower().split("x")) for part in text.split(","))
+    except ValueError:
+        shapes = ()
+    if not shapes or any(len(t) != 2 or min(t) < 1 for t in shapes):
+        raise argparse.ArgumentTypeError(f"shapes must look like 32x32,16x64 (positive ints), got {text!r}")
+    return shapes
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scalesim-python", default="/work/scalesim-venv/bin/python")
     p.add_argument("--quick", action="store_true", help="only " + ", ".join(f"{a}.{b}" for a, b in QUICK))
+    p.add_argument("--layers", choices=("few", "all"), default="few",
+                   help="few: the LAYERS below (one SCALE-Sim run per array shape and dataflow); all: every "
+                        "layer of ResNet-50 and MobileNetV2, one SCALE-Sim run per distinct layer")
+    p.add_argument("--shapes", type=parse_shapes, default=SHAPES, help="array shapes, e.g. 32x32,16x64,128x128")
     p.add_argument("--jobs", type=int, default=2, help="SCALE-Sim runs in parallel")
     p.add_argument("--sram-kb", type=int, default=64)
     p.add_argument("--designs", type=int, default=65536, help="array shapes in jaxrob's vmapped sweep")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    workload, infos = select_layers(QUICK if args.quick else LAYERS)
+    if args.layers == "all":
+        workload, infos, _, sim_idx = all_layers()
+    else:
+        workload, infos = select_layers(QUICK if args.quick else LAYERS)
+        sim_idx = list(range(len(infos)))
     names = [i.name for i in infos]
     topology_csv = to_scalesim_topology(workload, infos)  # one row per layer = one of its `groups` GEMMs
     # Compare per GEMM: SCALE-Sim simulates one group of a grouped (depthwise) layer.
     per_gemm = workload._replace(groups=jnp.ones_like(workload.groups))
+    shapes = args.shapes
 
     version = subprocess.run([args.scalesim_python, "-c", "import importlib.metadata as m, numpy; "
                               "print(m.version('scalesim'), numpy.__version__)"],
                              capture_output=True, text=True, check=True).stdout.split()
-    configs = [(r, c, df) for (r, c) in SHAPES for df in DATAFLOWS]
+    # Jobs: (shape, dataflow, layer indices).  "few": one job per (shape, dataflow) as before;
+    # "all": one job per distinct layer, longest first (jaxrob's own cycle count as the estimate).
+    jobs = []
+    for (r, c) in shapes:
+        for df in DATAFLOWS:
+            if args.layers == "all":
+                est = systolic_cost(per_gemm, r, c, dataflow=df).cycles
+                jobs += [(float(est[i]), r, c, df, [i]) for i in sim_idx]
+            else:
+                jobs.append((0.0, r, c, df, sim_idx))
+    jobs.sort(key=lambda j: -j[0])
+    print(f"{len(jobs)} SCALE-Sim runs, {sum(j[0] for j in jobs):.3g} cycles estimated, {args.jobs} in parallel",
+          flush=True)
+
+    def one(job):
+        _, r, c, df, idx = job
+        tag = f"_l{idx[0]}" if args.layers == "all" else ""
+        run = run_scalesim(args.scalesim_python, Path(tmp), topology_subset(topology_csv, idx),
+                           [names[i] for i in idx], r, c, df, args.sram_kb, tag)
+        run["index"] = idx
+        return run
+
     with tempfile.TemporaryDirectory(prefix="scalesim-") as tmp, ThreadPoolExecutor(args.jobs) as pool:
         t0 = time.perf_counter()
-        runs = list(pool.map(lambda cfg: run_scalesim(args.scalesim_python, Path(tmp), topology_csv, names,
-                                                     *cfg, args.sram_kb), configs))
+        runs = list(pool.map(one, jobs))
         scalesim_elapsed = time.perf_counter() - t0
 
     table, failures = [], []
     max_util_rel = 0.0
+    ref_cycles = {}  # (r, c, df, layer index) -> SCALE-Sim cycles (+1: its count is the last cycle's index)
+    ours_by = {(r, c, df): systolic_cost(per_gemm, r, c, dataflow=df) for (r, c) in shapes for df in DATAFLOWS}
     for run in runs:
         r, c, df = run["rows"], run["cols"], run["dataflow"]
-        ours = systolic_cost(per_gemm, r, c, dataflow=df)
-        for i, ref in enumerate(run["layers"]):
+        ours = ours_by[(r, c, df)]
+        for i, ref in zip(run["index"], run["layers"]):
             mkn = tuple(int(getattr(workload, f)[i]) for f in "mkn")
             cyc = float(ours.cycles[i])
             util = 100.0 * float(ours.utilization[i])
+            ref_cycles[(r, c, df, i)] = ref["total_cycles"] + 1
             ok_cycles = cyc - 1 == ref["total_cycles"] and ref["stall_cycles"] == 0
             util_rel = abs(util - ref["overall_util_pct"]) / ref["overall_util_pct"]
             max_util_rel = max(max_util_rel, util_rel)
@@ -250,10 +325,28 @@ def main(argv=None) -> int:
                           int(cyc), ref["stall_cycles"], f"{ref['overall_util_pct']:.4f}", f"{util:.4f}",
                           "ok" if ok_cycles and ok_util and ok_sram else "MISMATCH"])
 
+    networks = []
+    if args.layers == "all":
+        # Whole networks: every layer (repeats included) from the simulated row equal to it, times its
+        # groups x count GEMMs; against jaxrob's whole-network cycles.
+        _, _, rows, _ = all_layers()
+        first = {}
+        for i, row in enumerate(rows):
+            first.setdefault(row, i)
+        reps = workload.groups * workload.count
+        for net in ("resnet50", "mobilenet_v2"):
+            idx = [i for i, n in enumerate(names) if n.startswith(net + ".")]
+            for (r, c) in shapes:
+                for df in DATAFLOWS:
+                    theirs = sum(ref_cycles[(r, c, df, first[rows[i]])] * float(reps[i]) for i in idx)
+                    ours = float(jnp.sum(systolic_cost(workload, r, c, dataflow=df).cycles[jnp.asarray(idx)]))
+                    networks.append({"network": net, "layers": len(idx), "rows": r, "cols": c, "dataflow": df,
+                                     "scalesim_cycles": theirs, "jaxrob_cycles": ours})
+
     # Speed: the same (layers x shapes x dataflows) with jaxrob, jitted, one call per dataflow.
-    rows_arr = jnp.asarray([s[0] for s in SHAPES], jnp.float32)
-    cols_arr = jnp.asarray([s[1] for s in SHAPES], jnp.float32)
-    w = per_gemm
+    rows_arr = jnp.asarray([s[0] for s in shapes], jnp.float32)
+    cols_arr = jnp.asarray([s[1] for s in shapes], jnp.float32)
+    w = jax.tree.map(lambda a: a[jnp.asarray(sim_idx)], per_gemm)
     fns = {df: jax.jit(jax.vmap(lambda r, c, df=df: systolic_cost(w, r, c, dataflow=df).cycles)) for df in DATAFLOWS}
 
     def same_set():
@@ -275,34 +368,47 @@ def main(argv=None) -> int:
         return [sweep[df](rr, cc).block_until_ready() for df in DATAFLOWS]
 
     (sweep_s, _), = median_times([sweep_all], repeats=5)
-    n_layer_evals = len(names) * len(configs)
+    n_layer_evals = len(sim_idx) * len(shapes) * len(DATAFLOWS)
     sim_total = sum(run["sim_s"] for run in runs)
     speed = {
         "layer_evaluations": n_layer_evals,
         "scalesim_sim_seconds_sum": sim_total,
         "scalesim_wall_seconds_elapsed": scalesim_elapsed,
+        "scalesim_parallel_jobs": args.jobs,
         "scalesim_layer_evals_per_s": n_layer_evals / sim_total,
         "jaxrob_same_set_seconds": same_s,
         "jaxrob_same_set_first_call_seconds_incl_compile": first_call,
         "jaxrob_same_set_layer_evals_per_s": n_layer_evals / same_s,
         "jaxrob_sweep_designs": args.designs * len(DATAFLOWS),
+        "jaxrob_sweep_layers": len(sim_idx),
         "jaxrob_sweep_seconds": sweep_s,
-        "jaxrob_sweep_layer_evals_per_s": args.designs * len(DATAFLOWS) * len(names) / sweep_s,
+        "jaxrob_sweep_layer_evals_per_s": args.designs * len(DATAFLOWS) * len(sim_idx) / sweep_s,
         "jaxrob_sweep_designs_per_s": args.designs * len(DATAFLOWS) / sweep_s,
     }
     print(markdown_table(["layer", "array", "df", "MxKxN", "SCALE-Sim cycles", "jaxrob cycles", "stalls",
                           "SCALE-Sim util %", "jaxrob util %", "check"], table))
     print()
-    print(markdown_table(["array", "df", "SCALE-Sim s (in-process)", "SCALE-Sim s (subprocess wall)"],
-                         [[f"{r['rows']}x{r['cols']}", r["dataflow"], r["sim_s"], r["wall_s"]] for r in runs]))
-    print()
+    if networks:
+        print(markdown_table(["network", "layers", "array", "df", "SCALE-Sim cycles (+1 per GEMM)", "jaxrob cycles",
+                              "relative difference"],
+                             [[n["network"], n["layers"], f"{n['rows']}x{n['cols']}", n["dataflow"],
+                               int(n["scalesim_cycles"]), int(n["jaxrob_cycles"]),
+                               f"{abs(n['jaxrob_cycles'] - n['scalesim_cycles']) / n['scalesim_cycles']:.2e}"]
+                              for n in networks]))
+        print()
+    else:
+        print(markdown_table(["array", "df", "SCALE-Sim s (in-process)", "SCALE-Sim s (subprocess wall)"],
+                             [[f"{r['rows']}x{r['cols']}", r["dataflow"], r["sim_s"], r["wall_s"]] for r in runs]))
+        print()
     print(json.dumps(speed, indent=1))
-    print(f"max relative utilization difference: {max_util_rel:.3g}")
+    print(f"max relative utilization difference: {max_util_rel:.3g}; {len(table)} layer cases, "
+          f"{len(failures)} failures")
     env = environment()
     env["scalesim"], env["scalesim_numpy"] = version
-    out = Path(args.out) if args.out else default_out("systolic_vs_scalesim" + ("-quick" if args.quick else ""))
-    write_json({"env": env, "args": vars(args), "runs": runs, "speed": speed,
-                "max_util_rel_diff": max_util_rel, "failures": failures}, out)
+    suffix = "-quick" if args.quick else ("-all" if args.layers == "all" else "")
+    out = Path(args.out) if args.out else default_out("systolic_vs_scalesim" + suffix)
+    write_json({"env": env, "args": {k: v for k, v in vars(args).items()}, "runs": runs, "networks": networks,
+                "speed": speed, "max_util_rel_diff": max_util_rel, "failures": failures}, out)
     print(f"wrote {out}")
     if failures:
         print(f"FAILED: {failures}", file=sys.stderr)
