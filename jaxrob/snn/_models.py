@@ -109,14 +109,47 @@ def _avg_pool(x: jax.Array, size: int = 2) -> jax.Array:
     return jnp.mean(x[:, :h2 * size, :w2 * size, :].reshape(n, h2, size, w2, size, c), axis=(2, 4))
 
 
+#: Smallest threshold a learned ``V_th`` is projected to (the spike function divides by it).
+MIN_THRESHOLD = 1e-3
+
+
+def _project(x: jax.Array, lo: float, hi: float | None = None) -> jax.Array:
+    """``clip(x, lo, hi)`` in the forward pass, identity gradient (straight-through).
+
+    A learned value that an update pushed out of range acts as the nearest valid one and
+    still gets gradients that can bring it back (a plain clip would freeze it there).
+    """
+    # Forward exactly clip(x) (x - x is exactly 0), gradient exactly 1.
+    return jax.lax.stop_gradient(jnp.clip(x, lo, hi)) + (x - jax.lax.stop_gradient(x))
+
+
 class SpikeLayer(nnx.Module):
-    """Holds one layer's leak and threshold (as ``nnx.Param`` when learned, else :class:`NeuronConst`)."""
+    """Holds one layer's leak and threshold (as ``nnx.Param`` when learned, else :class:`NeuronConst`).
+
+    :meth:`values` is what the neurons use: learned values are projected into their valid
+    range, leak into ``[0, 1]`` (above 1 the membrane potential grows without input) and
+    threshold into ``[MIN_THRESHOLD, inf)``, with straight-through gradients (DIET-SNN
+    clamps its learned leak the same way after each step; here the stored parameter is
+    left as the optimizer made it and the forward pass projects, so it stays a pure
+    function of the parameters).  Constants are used as they are (validated at
+    construction).
+    """
 
     def __init__(self, neuron: LIF | ALIF):
+        self.learn_leak, self.learn_threshold = bool(neuron.learn_leak), bool(neuron.learn_threshold)
         leak_cls = nnx.Param if neuron.learn_leak else NeuronConst
         thr_cls = nnx.Param if neuron.learn_threshold else NeuronConst
         self.leak = leak_cls(jnp.asarray(neuron.leak, jnp.float32))
         self.threshold = thr_cls(jnp.asarray(neuron.threshold, jnp.float32))
+
+    def values(self) -> tuple[jax.Array, jax.Array]:
+        """``(leak, threshold)`` as the neurons use them."""
+        leak, vth = self.leak[...], self.threshold[...]
+        if self.learn_leak:
+            leak = _project(leak, 0.0, 1.0)
+        if self.learn_threshold:
+            vth = _project(vth, MIN_THRESHOLD)
+        return leak, vth
 
 
 class SpikingNet(nnx.Module):
@@ -260,9 +293,8 @@ class SpikingNet(nnx.Module):
             elif kind == "dropout":   # one mask per forward pass (shape (N, ...)), held over all timesteps
                 h = self._dropout(h, idx, train, k_drop, time_axis=True)
             elif kind == "spike":
-                layer = getattr(self, op[1])
-                vth = layer.threshold[...]
-                _, o, v = simulate(self.neuron, h, leak=layer.leak[...], threshold=vth)
+                leak, vth = getattr(self, op[1]).values()
+                _, o, v = simulate(self.neuron, h, leak=leak, threshold=vth)
                 if record:
                     rec["spikes"][op[1]] = o.sum(0)
                     rec["potential"][op[1]] = v.sum(0)
@@ -312,9 +344,8 @@ class SpikingNet(nnx.Module):
                 elif kind == "dropout":
                     h = self._dropout(h, idx, train, k_drop)
                 elif kind == "spike":
-                    layer = getattr(self, op[1])
-                    vth = layer.threshold[...]
-                    st, o = self.neuron.step(states[op[1]], h, leak=layer.leak[...], threshold=vth)
+                    leak, vth = getattr(self, op[1]).values()
+                    st, o = self.neuron.step(states[op[1]], h, leak=leak, threshold=vth)
                     new_states[op[1]] = st
                     if record:
                         rec["spikes"][op[1]] = rec["spikes"][op[1]] + o

@@ -341,6 +341,36 @@ def test_learned_leak_and_threshold_are_params_with_gradients(digits):
         assert np.isfinite(float(g["lif1"][k])) and float(g["lif1"][k]) != 0.0, k
 
 
+
+def test_out_of_range_learned_values_act_as_the_nearest_valid_ones_and_keep_gradients(digits):
+    """A learned leak above 1 runs as 1 and a non-positive threshold as MIN_THRESHOLD; both still get gradients."""
+    from jaxrob.snn._models import MIN_THRESHOLD
+    model = _learned_neuron_model()
+    v = model.variables
+
+    def with_values(leak, thr):
+        params = jax.tree.map(lambda a: a, v["params"])
+        params["lif1"] = {"leak": jnp.float32(leak), "threshold": jnp.float32(thr)}
+        return {**v, "params": params}
+
+    x = digits[0][:16]
+    f = jax.jit(model.apply_fn)
+    np.testing.assert_array_equal(np.asarray(f(with_values(1.7, 0.5), x)), np.asarray(f(with_values(1.0, 0.5), x)))
+    np.testing.assert_array_equal(np.asarray(f(with_values(-0.3, 0.5), x)), np.asarray(f(with_values(0.0, 0.5), x)))
+    np.testing.assert_array_equal(np.asarray(f(with_values(0.9, -2.0), x)),
+                                  np.asarray(f(with_values(0.9, MIN_THRESHOLD), x)))
+    grad = jax.jit(jax.grad(_ce(model)))
+
+    def g(leak, thr):
+        w = with_values(leak, thr)
+        return grad(w["params"], w, *digits)["lif1"]
+
+    # Straight-through: the out-of-range value gets the gradient of the value it acts as.
+    g_out, g_in = g(1.7, 0.5), g(1.0, 0.5)
+    assert float(g_out["leak"]) != 0.0 and float(g_out["leak"]) == float(g_in["leak"])
+    g_out, g_in = g(0.9, -2.0), g(0.9, MIN_THRESHOLD)
+    assert float(g_out["threshold"]) != 0.0 and float(g_out["threshold"]) == float(g_in["threshold"])
+
 # Measured (`pytest -m slow tests/snn/test_models.py -k fit`): epoch-mean training loss 2.26 -> 2.11 -> 1.99,
 # accuracy 13 % -> 46 %.  Slow because compiling the BPTT train step costs ~8 s of CPU here.
 @pytest.mark.slow
