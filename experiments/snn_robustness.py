@@ -242,7 +242,7 @@ def run(config: Config, ctx: Any) -> dict:
         label = f"SNN {enc_name} T={T}"
         entry = {"apply": snn.apply_fn, "vars": v, "kind": "snn", "encoder": enc_name, "timesteps": T}
         if enc_name == "poisson" and config.eot_samples > 0:
-            entry["apply_random"] = lambda variables, xb, *, key, snn=snn: snn.simulate(variables, xb, key=key)[0]
+            entry["apply_random"] = snn.apply_fn   # keyed: apply_fn(variables, x, key=key) draws new spikes
         models[label] = entry
         as_ann = twin(dataclasses.replace(snn, variables=v), spiking=False)
         models[f"{label}: weights as ANN"] = {"apply": as_ann.apply_fn, "vars": v, "kind": "twin", "of": label}

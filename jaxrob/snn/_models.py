@@ -418,7 +418,11 @@ class SpikingNet(nnx.Module):
 class SpikingModel(Model):
     """A :class:`~jaxrob.models.Model` for a spiking network (or its ANN twin).
 
-    Besides ``apply_fn``/``train_apply``/``variables`` it has:
+    Its ``apply_fn(variables, x, *, key=None)`` takes an optional typed key for the
+    encoder's randomness (Poisson spike trains): without one a fixed key is used, so
+    evaluation is deterministic; with one, each key draws a new encoding, which is what
+    ``jaxrob.attacks.pgd(..., randomized=True, eot_samples=k)`` passes.  Besides the
+    :class:`~jaxrob.models.Model` fields it has:
 
     Attributes:
       simulate: ``simulate(variables, x, *, key=None, timesteps=None) -> (logits, stats)``:
@@ -468,8 +472,10 @@ def _wrap(merge, variables, *, name, input_shape, num_classes, timesteps, spikin
           stepwise):
     T = timesteps if spiking else None
 
-    def apply_fn(variables, x):
-        return merge(variables)(x, train=False, key=None, timesteps=T)
+    def apply_fn(variables, x, *, key=None):
+        # key=None: a fixed key, so a stochastic encoder (Poisson) is deterministic; a key draws a
+        # fresh encoding (``randomized=True`` attacks and EOT call it so).
+        return merge(variables)(x, train=False, key=key, timesteps=T)
 
     def train_apply(variables, x, *, key=None):
         logits = merge(variables)(x, train=True, key=key, timesteps=T)

@@ -235,6 +235,22 @@ def test_spiking_encoder_makes_the_first_layer_accumulate_only(digits):
     np.testing.assert_allclose(synops, expected, rtol=0.1)
 
 
+
+def test_keyed_apply_fn_draws_new_poisson_spikes_and_feeds_randomized_attacks(digits):
+    """apply_fn(v, x) is deterministic; apply_fn(v, x, key=k) equals simulate's logits for k and varies with k."""
+    from jaxrob.attacks import pgd
+    x, y = digits[0][:8], digits[1][:8]
+    model = create("mlp", key=jax.random.key(0), timesteps=8, hidden_sizes=(16,), encoder=PoissonRate())
+    v = model.variables
+    f = jax.jit(model.apply_fn)
+    np.testing.assert_array_equal(np.asarray(f(v, x)), np.asarray(f(v, x, key=jax.random.key(0))))
+    k1, k2 = jax.random.key(1), jax.random.key(2)
+    a, b = np.asarray(f(v, x, key=k1)), np.asarray(f(v, x, key=k2))
+    assert not np.array_equal(a, b)
+    np.testing.assert_allclose(a, np.asarray(model.simulate(v, x, key=k1)[0]), rtol=1e-6, atol=1e-6)
+    adv = pgd(model.apply_fn, v, x, y, key=jax.random.key(3), eps=0.1, steps=2, randomized=True, eot_samples=2)
+    assert adv.shape == x.shape and float(jnp.max(jnp.abs(adv - x))) <= 0.1 + 1e-6
+
 # ----------------------------------------------------------------------------------------- the ANN twin
 
 
