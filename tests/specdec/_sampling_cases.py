@@ -1,4 +1,5 @@
-"""Shared by the sampling tests: one run of a scheme's sampler checked against its exact law."""
+"""Shared by the selection tests: random distributions, test cases, and one run of a scheme's
+sampler checked against its exact law.  Imported as ``specdec_cases`` (see ``conftest.py``)."""
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +11,22 @@ from jaxrob.specdec import _schemes as sch
 def dists(rng, n, v, alpha=0.6):
     x = rng.gamma(alpha, size=(n, v))
     return (x / x.sum(-1, keepdims=True)).astype(np.float32)
+
+
+def case(seed, v, k, identical, sparse=False):
+    """A target ``p`` (V,) and drafts ``qs`` (K, V); ``sparse``: zeros in ``p`` and the drafts, partly disjoint supports."""
+    rng = np.random.default_rng(seed)
+    p = dists(rng, 1, v)[0]
+    qs = np.repeat(dists(rng, 1, v), k, axis=0) if identical else dists(rng, k, v)
+    if sparse:
+        p[: v // 2] = 0.0
+        qs[:, -1] = 0.0
+        qs[0, v // 2] = 0.0
+        if identical:
+            qs[:] = qs[0]
+        p /= p.sum()
+        qs /= qs.sum(-1, keepdims=True)
+    return p, qs
 
 
 def chi2_pvalue(counts, probs):

@@ -14,22 +14,18 @@ import pytest
 
 from jaxrob.specdec import _acceptance as acc
 from jaxrob.specdec import _schemes as sch
+import specdec_cases as cases
 
 TOL = 3e-6
 
 
-def _dists(rng, n, v, alpha):
-    x = rng.gamma(alpha, size=(n, v))
-    return (x / x.sum(-1, keepdims=True)).astype(np.float32)
-
-
 def _instances(seed, n, v, k, identical):
     rng = np.random.default_rng(seed)
-    ps = _dists(rng, n, v, 0.5)
+    ps = cases.dists(rng, n, v, 0.5)
     if identical:
-        qss = np.repeat(_dists(rng, n, v, 1.0)[:, None], k, axis=1)
+        qss = np.repeat(cases.dists(rng, n, v, 1.0)[:, None], k, axis=1)
     else:
-        qss = np.stack([_dists(rng, k, v, 1.0) for _ in range(n)])
+        qss = np.stack([cases.dists(rng, k, v, 1.0) for _ in range(n)])
     return jnp.asarray(ps), jnp.asarray(qss)
 
 
@@ -95,7 +91,7 @@ def test_identical_target_and_drafts_always_accept():
 @pytest.mark.parametrize("k", [2, pytest.param(4, marks=pytest.mark.slow)])
 def test_spectr_rho_solves_its_equation(k):
     rng = np.random.default_rng(11 + k)
-    p, q = _dists(rng, 2, 5, 0.5)
+    p, q = cases.dists(rng, 2, 5, 0.5)
     rho = float(sch.spectr_rho(p, q, k))
     beta = np.minimum(q, p / rho).sum()
     assert 1.0 <= rho <= k

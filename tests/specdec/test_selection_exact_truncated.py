@@ -11,28 +11,9 @@ import numpy as np
 import pytest
 
 from jaxrob.specdec import _acceptance as acc
+import specdec_cases as cases
 
 ATOL = 3e-6
-
-
-def _dists(rng, n, v, alpha=0.6):
-    x = rng.gamma(alpha, size=(n, v))
-    return (x / x.sum(-1, keepdims=True)).astype(np.float32)
-
-
-def _case(seed, v, k, identical, sparse=False):
-    rng = np.random.default_rng(seed)
-    p = _dists(rng, 1, v)[0]
-    qs = np.repeat(_dists(rng, 1, v), k, axis=0) if identical else _dists(rng, k, v)
-    if sparse:                                   # zeros in p and in the drafts, partly disjoint supports
-        p[: v // 2] = 0.0
-        qs[:, -1] = 0.0
-        qs[0, v // 2] = 0.0
-        if identical:
-            qs[:] = qs[0]
-        p /= p.sum()
-        qs /= qs.sum(-1, keepdims=True)
-    return p, qs
 
 
 slow = pytest.mark.slow
@@ -49,7 +30,7 @@ CASES = [
 
 @pytest.mark.parametrize("name, options, v, k, identical, sparse", CASES)
 def test_output_marginal_is_exactly_the_target(name, options, v, k, identical, sparse):
-    p, qs = _case(v * 100 + k * 10 + identical, v, k, identical, sparse)
+    p, qs = cases.case(v * 100 + k * 10 + identical, v, k, identical, sparse)
     marginal, accept = acc.exact_marginal(name, p, qs, **options)
     np.testing.assert_allclose(np.asarray(marginal), p, atol=ATOL)
     closed = float(acc.acceptance_probability(name, p, qs, **options))

@@ -16,13 +16,9 @@ import pytest
 
 from jaxrob.specdec import _acceptance as acc
 from jaxrob.specdec import _lp
+import specdec_cases as cases
 
 scipy_optimize = pytest.importorskip("scipy.optimize")
-
-
-def _dists(rng, n, v, alpha=0.6):
-    x = rng.gamma(alpha, size=(n, v))
-    return (x / x.sum(-1, keepdims=True)).astype(np.float32)
 
 
 def _full_coupling_optimum(p, qs):
@@ -78,11 +74,11 @@ def test_simplex_reports_unbounded():
 def test_coupling_lp_equals_highs_full_coupling_lp(v, k, identical):
     rng = np.random.default_rng(10 * v + k + identical)
     n_inst = 4
-    ps = _dists(rng, n_inst, v)
+    ps = cases.dists(rng, n_inst, v)
     if identical:
-        qss = np.repeat(_dists(rng, n_inst, v)[:, None], k, axis=1)
+        qss = np.repeat(cases.dists(rng, n_inst, v)[:, None], k, axis=1)
     else:
-        qss = np.stack([_dists(rng, k, v) for _ in range(n_inst)])
+        qss = np.stack([cases.dists(rng, k, v) for _ in range(n_inst)])
     cps = jax.jit(jax.vmap(_lp.coupling_lp))(jnp.asarray(ps), jnp.asarray(qss))
     for i in range(n_inst):
         ref = _full_coupling_optimum(ps[i], qss[i])
@@ -102,8 +98,8 @@ def test_coupling_lp_equals_highs_full_coupling_lp(v, k, identical):
 def test_k2_formula_and_condition_against_the_lp():
     rng = np.random.default_rng(7)
     v, n_inst = 5, 24
-    ps = _dists(rng, n_inst, v)
-    qs = _dists(rng, n_inst, v, alpha=1.5)
+    ps = cases.dists(rng, n_inst, v)
+    qs = cases.dists(rng, n_inst, v, alpha=1.5)
     # make a third of the pairs close (mixtures), where P* = 1 is possible
     mix = rng.uniform(0.0, 1.0, (n_inst // 3, 1)).astype(np.float32)
     qs[: n_inst // 3] = mix * ps[: n_inst // 3] + (1 - mix) * qs[: n_inst // 3]
@@ -138,7 +134,7 @@ def test_p_equals_q_is_always_accepted():
 @pytest.mark.parametrize("k", [3, pytest.param(2, marks=pytest.mark.slow), pytest.param(5, marks=pytest.mark.slow)])
 def test_identical_prefix_formula_matches_subset_enumeration(k):
     rng = np.random.default_rng(3 + k)
-    p, q = _dists(rng, 2, 9)
+    p, q = cases.dists(rng, 2, 9)
     qs = np.stack([q] * k)
     fast = float(acc.optimal_acceptance(p, qs, identical=True))
     slow = float(acc.optimal_acceptance(p, qs, identical=False))

@@ -28,15 +28,11 @@ import pytest
 
 from jaxrob.specdec import _acceptance as acc
 from jaxrob.specdec import _schemes as sch
+import specdec_cases as cases
 
 scipy_optimize = pytest.importorskip("scipy.optimize")
 
 TOL = 3e-6
-
-
-def _dists(rng, n, v, alpha):
-    x = rng.gamma(alpha, size=(n, v))
-    return (x / x.sum(-1, keepdims=True)).astype(np.float32)
 
 
 def paper_pair_round(p, q1, q2, s):
@@ -90,8 +86,8 @@ def test_truncated_lp_matches_the_papers_definition(k, identical):
     v, s, n_inst = 9, 3, 5
     rng = np.random.default_rng(40 + 2 * k + identical)
     for i in range(n_inst):
-        p = _dists(rng, 1, v, 0.5)[0]
-        qs = np.repeat(_dists(rng, 1, v, 0.8), k, axis=0) if identical else _dists(rng, k, v, 0.8)
+        p = cases.dists(rng, 1, v, 0.5)[0]
+        qs = np.repeat(cases.dists(rng, 1, v, 0.8), k, axis=0) if identical else cases.dists(rng, k, v, 0.8)
         if i == 0:                                 # zeros in the target and a draft
             p[[1, 4]] = 0.0
             p /= p.sum()
@@ -121,9 +117,9 @@ def test_truncated_lp_matches_the_papers_definition(k, identical):
 def test_truncated_lp_with_s_equal_v_is_optimal_for_two_drafts(identical):
     v, n_inst = 5, 4
     rng = np.random.default_rng(7 + identical)
-    ps = _dists(rng, n_inst, v, 0.5)
-    qss = (np.repeat(_dists(rng, n_inst, v, 1.0)[:, None], 2, axis=1) if identical
-           else np.stack([_dists(rng, 2, v, 1.0) for _ in range(n_inst)]))
+    ps = cases.dists(rng, n_inst, v, 0.5)
+    qss = (np.repeat(cases.dists(rng, n_inst, v, 1.0)[:, None], 2, axis=1) if identical
+           else np.stack([cases.dists(rng, 2, v, 1.0) for _ in range(n_inst)]))
     trunc = jax.jit(jax.vmap(lambda p, qs: acc.acceptance_probability("truncated_is", p, qs, s=v)))
     got = np.asarray(trunc(jnp.asarray(ps), jnp.asarray(qss)), np.float64)
     for i in range(n_inst):

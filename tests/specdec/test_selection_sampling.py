@@ -8,18 +8,12 @@ Together with the enumeration tests (the laws average to ``p``) this shows the
 sampled tokens follow ``p``.
 """
 
-import importlib.util
-import os
-
 import pytest
 
 from jaxrob.specdec import _schemes as sch
+import specdec_cases as cases
 
 pytest.importorskip("scipy")
-_spec = importlib.util.spec_from_file_location("_sampling_cases", os.path.join(os.path.dirname(__file__),
-                                                                                "_sampling_cases.py"))
-cases = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(cases)
 
 slow = pytest.mark.slow
 
