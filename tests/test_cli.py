@@ -67,6 +67,7 @@ def test_quickstart_runs_writes_results_and_resumes(tmp_path):
     assert results2["history"] == results["history"]
 
 
+@pytest.mark.slow  # a fresh interpreter (~4 s of imports); `list` itself: test_list_names_every_experiment
 def test_console_script_is_installed():
     out = subprocess.run([sys.executable, "-m", "jaxrob.cli", "list"], capture_output=True, text=True, check=True)
     assert "quickstart" in out.stdout

@@ -4,10 +4,14 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+# The tour trains for an epoch and runs ARC (about a minute); its pieces are tested in tests/attacks,
+# tests/ensembles and tests/train, so it runs with the slow tests.
+@pytest.mark.slow
 def test_readme_tour_runs():
     text = README.read_text()
     tour = text[text.index("## A short tour"):text.index("## What is in the box")]
@@ -26,6 +30,7 @@ def test_readme_tour_runs():
         assert np.max(np.abs(np.asarray(x_adv) - np.asarray(ns["x_test"]))) <= 0.1 + 1e-6
 
 
+@pytest.mark.slow  # compile-heavy (T = 16, 28x28 DCT); create/simulate/summarize/twin: tests/snn
 def test_readme_spiking_example_runs():
     text = README.read_text()
     section = text[text.index("## Spiking networks"):text.index("## Multi-draft speculative sampling")]
@@ -50,6 +55,7 @@ def test_readme_speculative_sampling_example_runs():
     np.testing.assert_allclose(float(sd.optimal_acceptance(ns["p"], ns["qs"])), 0.86, atol=1e-5)
 
 
+@pytest.mark.slow  # ResNet-20 extract and 40,551,040 MACs: tests/hw/test_workload.py; vmap/grad: test_systolic.py
 def test_readme_hardware_example_runs():
     text = README.read_text()
     section = text[text.index("## Hardware cost models"):text.index("## Experiments")]

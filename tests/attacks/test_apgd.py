@@ -250,6 +250,7 @@ def test_argument_errors(linear2, mnist_mlp):
         apgd_targeted(m.apply_fn, m.params, mx, my, loss="dlr", **ok)
 
 
+@pytest.mark.slow
 def test_docstring_examples_run():
     import doctest
 

@@ -133,6 +133,7 @@ def test_random_pipeline_uses_transform_for_predictions(mnist_mlp):
     assert acc <= 0.4
 
 
+@pytest.mark.slow
 def test_docstring_examples_run():
     import doctest
 
@@ -188,7 +189,7 @@ print("OK")
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
 
 
-@pytest.mark.parametrize("name", ["apgd", "square"])
+@pytest.mark.parametrize("name", ["apgd", pytest.param("square", marks=pytest.mark.slow)])
 def test_robust_accuracy_runs_apgd_and_square_by_name(name):
     """The named attacks are the public functions: same keys, same verdicts as calling them directly."""
     apply_fn = lambda p, x: x.reshape(x.shape[0], -1) @ p  # noqa: E731

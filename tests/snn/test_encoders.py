@@ -122,7 +122,7 @@ def _reference_dct(x, *, block, stride, steps, percentiles=(6.5, 93.5)):
     return g, out
 
 
-@pytest.mark.parametrize("stride", [2, 4])
+@pytest.mark.parametrize("stride", [2, pytest.param(4, marks=pytest.mark.slow)])
 def test_dct_matches_a_port_of_the_authors_algorithm(stride):
     x = _normal((2, 12, 12, 3), seed=stride)
     enc = DCT(block=4, stride=stride)

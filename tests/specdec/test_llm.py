@@ -90,6 +90,7 @@ def test_chat_template_matches_the_gguf_jinja_template(tok):
     assert tok.decode(ids) == tok.chat_prompt("Hi")
 
 
+@pytest.mark.slow
 def test_greedy_continuation_knows_paris(model, tok):
     cfg, params = model
     out = L.generate(params, jnp.array(tok.encode("The capital of France is")), config=cfg, steps=3,
