@@ -58,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import default_out, environment, markdown_table, median_times, write_json  # noqa: E402
 from jaxrob.hw._systolic import systolic_cost  # noqa: E402
-from jaxrob.hw._workload import mobilenet_v2, resnet50, to_scalesim_topology  # noqa: E402
+from jaxrob.hw._workload import bert_base_layer, mobilenet_v2, resnet50, to_scalesim_topology  # noqa: E402
 
 # Layers costed on both sides, by network and layer name (jaxrob.hw._workload.resnet50 / mobilenet_v2,
 # batch 1, 224 x 224): ResNet-50 layer1.0.conv1 (1x1, 56x56, 64->64); MobileNetV2's stem (3x3/2,
@@ -107,16 +107,19 @@ def select_layers(names):
     return jax.tree.map(lambda *a: jnp.concatenate(a), *parts), tuple(infos)
 
 
-def all_layers():
-    """Every layer of both networks: ``(workload, infos, rows, unique)``.
+NETWORKS = {"resnet50": resnet50, "mobilenet_v2": mobilenet_v2, "bert_base": bert_base_layer}
+
+
+def all_layers(networks=("resnet50", "mobilenet_v2")):
+    """Every layer of the named networks: ``(workload, infos, rows, unique)``.
 
     ``rows[i]`` is the topology-CSV row of layer ``i`` (name field excluded); ``unique`` lists the
     indices of the first layer of each distinct row.  Repeated blocks (e.g. ResNet-50's
     ``layer3.1`` .. ``layer3.5``) are simulated once.
     """
     parts, infos = [], []
-    for net, fn in (("resnet50", resnet50), ("mobilenet_v2", mobilenet_v2)):
-        w, inf = fn()
+    for net in networks:
+        w, inf = NETWORKS[net]()
         parts.append(w)
         infos += [x._replace(name=f"{net}.{x.name}") for x in inf]
     workload = jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
@@ -246,14 +249,19 @@ def main(argv=None) -> int:
     p.add_argument("--layers", choices=("few", "all"), default="few",
                    help="few: the LAYERS below (one SCALE-Sim run per array shape and dataflow); all: every "
                         "layer of ResNet-50 and MobileNetV2, one SCALE-Sim run per distinct layer")
+    p.add_argument("--networks", default="resnet50,mobilenet_v2",
+                   help="with --layers all: comma-separated subset of " + ",".join(NETWORKS))
     p.add_argument("--shapes", type=parse_shapes, default=SHAPES, help="array shapes, e.g. 32x32,16x64,128x128")
     p.add_argument("--jobs", type=int, default=2, help="SCALE-Sim runs in parallel")
     p.add_argument("--sram-kb", type=int, default=64)
     p.add_argument("--designs", type=int, default=65536, help="array shapes in jaxrob's vmapped sweep")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    networks = tuple(n.strip() for n in args.networks.split(",") if n.strip())
+    if not networks or any(n not in NETWORKS for n in networks):
+        p.error(f"--networks must be a comma-separated subset of {','.join(NETWORKS)}, got {args.networks!r}")
     if args.layers == "all":
-        workload, infos, _, sim_idx = all_layers()
+        workload, infos, _, sim_idx = all_layers(networks)
     else:
         workload, infos = select_layers(QUICK if args.quick else LAYERS)
         sim_idx = list(range(len(infos)))
@@ -325,22 +333,22 @@ def main(argv=None) -> int:
                           int(cyc), ref["stall_cycles"], f"{ref['overall_util_pct']:.4f}", f"{util:.4f}",
                           "ok" if ok_cycles and ok_util and ok_sram else "MISMATCH"])
 
-    networks = []
+    totals = []
     if args.layers == "all":
         # Whole networks: every layer (repeats included) from the simulated row equal to it, times its
         # groups x count GEMMs; against jaxrob's whole-network cycles.
-        _, _, rows, _ = all_layers()
+        _, _, rows, _ = all_layers(networks)
         first = {}
         for i, row in enumerate(rows):
             first.setdefault(row, i)
         reps = workload.groups * workload.count
-        for net in ("resnet50", "mobilenet_v2"):
+        for net in networks:
             idx = [i for i, n in enumerate(names) if n.startswith(net + ".")]
             for (r, c) in shapes:
                 for df in DATAFLOWS:
                     theirs = sum(ref_cycles[(r, c, df, first[rows[i]])] * float(reps[i]) for i in idx)
                     ours = float(jnp.sum(systolic_cost(workload, r, c, dataflow=df).cycles[jnp.asarray(idx)]))
-                    networks.append({"network": net, "layers": len(idx), "rows": r, "cols": c, "dataflow": df,
+                    totals.append({"network": net, "layers": len(idx), "rows": r, "cols": c, "dataflow": df,
                                      "scalesim_cycles": theirs, "jaxrob_cycles": ours})
 
     # Speed: the same (layers x shapes x dataflows) with jaxrob, jitted, one call per dataflow.
@@ -388,13 +396,13 @@ def main(argv=None) -> int:
     print(markdown_table(["layer", "array", "df", "MxKxN", "SCALE-Sim cycles", "jaxrob cycles", "stalls",
                           "SCALE-Sim util %", "jaxrob util %", "check"], table))
     print()
-    if networks:
+    if totals:
         print(markdown_table(["network", "layers", "array", "df", "SCALE-Sim cycles (+1 per GEMM)", "jaxrob cycles",
                               "relative difference"],
                              [[n["network"], n["layers"], f"{n['rows']}x{n['cols']}", n["dataflow"],
                                int(n["scalesim_cycles"]), int(n["jaxrob_cycles"]),
                                f"{abs(n['jaxrob_cycles'] - n['scalesim_cycles']) / n['scalesim_cycles']:.2e}"]
-                              for n in networks]))
+                              for n in totals]))
         print()
     else:
         print(markdown_table(["array", "df", "SCALE-Sim s (in-process)", "SCALE-Sim s (subprocess wall)"],
@@ -407,7 +415,7 @@ def main(argv=None) -> int:
     env["scalesim"], env["scalesim_numpy"] = version
     suffix = "-quick" if args.quick else ("-all" if args.layers == "all" else "")
     out = Path(args.out) if args.out else default_out("systolic_vs_scalesim" + suffix)
-    write_json({"env": env, "args": {k: v for k, v in vars(args).items()}, "runs": runs, "networks": networks,
+    write_json({"env": env, "args": {k: v for k, v in vars(args).items()}, "runs": runs, "networks": totals,
                 "speed": speed, "max_util_rel_diff": max_util_rel, "failures": failures}, out)
     print(f"wrote {out}")
     if failures:
