@@ -55,7 +55,6 @@ def test_readme_speculative_sampling_example_runs():
     np.testing.assert_allclose(float(sd.optimal_acceptance(ns["p"], ns["qs"])), 0.86, atol=1e-5)
 
 
-@pytest.mark.slow  # ResNet-20 extract and 40,551,040 MACs: tests/hw/test_workload.py; vmap/grad: test_systolic.py
 def test_readme_hardware_example_runs():
     text = README.read_text()
     section = text[text.index("## Hardware cost models"):text.index("## Experiments")]
@@ -67,3 +66,5 @@ def test_readme_hardware_example_runs():
     cycles = np.asarray(ns["cycles"])
     assert cycles.shape == (121,) and cycles[0] > cycles[-1]       # bigger arrays, fewer cycles
     assert float(ns["slope"]) < 0
+    d_bits, d_dens = np.asarray(ns["d_bits"]), np.asarray(ns["d_dens"])
+    assert d_bits.shape == d_dens.shape == (20,) and np.all(d_bits > 0) and np.all(d_dens > 0)  # fewer bits, sparser: cheaper
