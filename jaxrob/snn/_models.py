@@ -128,11 +128,10 @@ class SpikeLayer(nnx.Module):
 
     :meth:`values` is what the neurons use: learned values are projected into their valid
     range, leak into ``[0, 1]`` (above 1 the membrane potential grows without input) and
-    threshold into ``[MIN_THRESHOLD, inf)``, with straight-through gradients (DIET-SNN
-    clamps its learned leak the same way after each step; here the stored parameter is
-    left as the optimizer made it and the forward pass projects, so it stays a pure
-    function of the parameters).  Constants are used as they are (validated at
-    construction).
+    threshold into ``[MIN_THRESHOLD, inf)``, with straight-through gradients.  The stored
+    parameter is left as the optimizer made it (rather than clamped after each step) and
+    the forward pass projects it, so the model stays a pure function of its parameters and
+    works with any optimizer.  Constants are used as they are (validated at construction).
     """
 
     def __init__(self, neuron: LIF | ALIF):
